@@ -1,0 +1,133 @@
+"""Measurement backends: ``cpu`` (real execution on CPU, storage tracker) and ``cuda``
+(torch.cuda allocator statistics and NVML). The ``sim`` backend lives in :mod:`pytest_vram.sim`.
+
+A backend is entered for the whole test (so the model built in one phase is counted in the
+next) and marks a new peak at each phase.
+"""
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from . import nvml
+from .meter import PhaseResult
+from .profiles import GpuProfile
+from .tracker import StorageTracker
+
+BACKENDS = ("auto", "cuda", "sim", "cpu")
+
+
+class CpuBackend:
+    """Real execution on CPU tensors. No caching allocator: ``reserved`` is None, and the
+    budget check adds the emulated profile's typical CUDA context to the peak."""
+
+    name = "cpu"
+    executes = True
+    torch_device = "cpu"
+
+    def __init__(self, profile: GpuProfile | None):
+        self.profile = profile
+        self.context = profile.context_bytes if profile else 0
+        self.tracker = StorageTracker()
+
+    def start(self) -> None:
+        self.tracker.__enter__()
+
+    def stop(self) -> None:
+        self.tracker.__exit__(None, None, None)
+
+    def begin_phase(self) -> None:
+        self.tracker.mark()
+
+    def end_phase(self, name: str, oom: bool) -> PhaseResult:
+        t = self.tracker
+        return PhaseResult(name, t.live_bytes, t.peak_bytes, None, self.context,
+                           t.breakdown_at_peak(), oom)
+
+    def release(self) -> None:
+        gc.collect()
+
+
+class CudaBackend(CpuBackend):
+    """torch.cuda statistics, reset per phase; NVML for the context the allocator cannot see.
+
+    On a card larger than the budgeted profile the allocator is capped
+    (``set_per_process_memory_fraction``) to the profile's total less its typical context, so
+    an OOM happens where it would on the smaller card.
+    """
+
+    name = "cuda"
+
+    def __init__(self, profile: GpuProfile | None, device: int = 0):
+        super().__init__(profile)
+        self.device = device
+        self.torch_device = f"cuda:{device}"
+        torch.zeros(1, device=f"cuda:{device}")  # start the context
+        self.device_total = torch.cuda.get_device_properties(device).total_memory
+        used = nvml.process_used_bytes(device)
+        measured = used - torch.cuda.memory_reserved(device) if used is not None else None
+        self.context = measured if measured is not None else self.context
+        self.capped = bool(profile and profile.total_bytes < self.device_total)
+
+    def start(self) -> None:
+        if self.capped:
+            limit = self.profile.total_bytes - self.profile.context_bytes
+            torch.cuda.set_per_process_memory_fraction(limit / self.device_total, self.device)
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.capped:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+
+    def begin_phase(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        super().begin_phase()
+
+    def end_phase(self, name: str, oom: bool) -> PhaseResult:
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        breakdown = self.tracker.breakdown_at_peak()
+        # the allocator rounds every block; the rounding counts as activations/temporaries
+        breakdown["activations"] += peak - sum(breakdown.values())
+        return PhaseResult(name, torch.cuda.memory_allocated(self.device), peak,
+                           torch.cuda.max_memory_reserved(self.device), self.context, breakdown, oom)
+
+    def release(self) -> None:
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    @staticmethod
+    def describe_device(device: int = 0) -> dict:
+        props = torch.cuda.get_device_properties(device)
+        info = {"gpu_name": props.name, "gpu_total_bytes": int(props.total_memory),
+                "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
+        driver = nvml.device_info(device)
+        if driver:
+            info["driver"] = driver["driver"]
+        return info
+
+
+def resolve_backend_name(name: str) -> str:
+    """``auto`` is cuda where a CUDA GPU is present, else the simulator."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid choices: {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "sim"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--vram-backend=cuda: no CUDA GPU is visible to torch; use 'sim' or 'cpu'")
+    return name
+
+
+def make_backend(name: str, profile: GpuProfile | None, budget: int | None = None):
+    """A fresh backend for one test. ``budget`` (bytes, context included) is where the
+    simulator runs out of memory; it defaults to the profile's total."""
+    if name == "cuda":
+        return CudaBackend(profile)
+    if name == "sim":
+        from .sim.backend import SimBackend
+
+        return SimBackend(profile, budget=budget)
+    return CpuBackend(profile)

@@ -1,0 +1,58 @@
+"""Reading saved histories: a ``--vram-json`` file or a pytest-benchmark JSON whose
+benchmarks carry ``extra_info["vram"]``. Bad files get one clear :class:`HistoryError` naming
+the file and what is wrong."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .record import FORMAT, VERSION
+
+
+class HistoryError(ValueError):
+    pass
+
+
+@dataclass
+class History:
+    path: str
+    records: list[dict]
+    machine_info: dict
+
+    def by_case(self) -> dict[str, dict]:
+        return {r["case"]: r for r in self.records}
+
+
+def load(path: str | Path) -> History:
+    path = Path(path)
+    if not path.is_file():
+        raise HistoryError(f"{path}: no such file")
+    text = path.read_text()
+    if not text.strip():
+        raise HistoryError(f"{path}: the file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HistoryError(f"{path}: not valid JSON (truncated or corrupt?): {exc}") from None
+    if not isinstance(data, dict):
+        raise HistoryError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    if data.get("format") == FORMAT:
+        if data.get("version") != VERSION:
+            raise HistoryError(f"{path}: pytest-vram history version {data.get('version')!r}; "
+                               f"this pytest-vram reads version {VERSION}")
+        records = data.get("records")
+        machine = data.get("machine_info", {})
+    elif "benchmarks" in data and "machine_info" in data:
+        records = [b["extra_info"]["vram"] for b in data["benchmarks"]
+                   if isinstance(b.get("extra_info", {}).get("vram"), dict)]
+        machine = data["machine_info"].get("vram", {})
+    else:
+        raise HistoryError(f"{path}: neither a pytest-vram --vram-json file nor a pytest-benchmark "
+                           "JSON (no 'format' or 'benchmarks' key)")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "case" in r and "phases" in r
+                                                  for r in records):
+        raise HistoryError(f"{path}: malformed records (each needs 'case' and 'phases')")
+    if not records:
+        raise HistoryError(f"{path}: holds no memory records")
+    return History(str(path), records, machine)

@@ -1,0 +1,139 @@
+"""The meter behind the ``vram`` fixture: named phases measured by a backend.
+
+Each phase records, in integer bytes: ``allocated`` at its end, ``peak`` allocated during it,
+``reserved`` peak (None where the backend has no caching allocator) and a ``breakdown`` of the
+peak by category. An out-of-memory error inside a phase is recorded as OOM at that phase and
+turned into :class:`PhaseOOM`, whose traceback no longer holds the phase's tensors.
+"""
+from __future__ import annotations
+
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+
+from .profiles import GpuProfile
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    allocated: int
+    peak: int
+    reserved: int | None
+    context: int
+    breakdown: dict[str, int] = field(default_factory=dict)
+    oom: bool = False
+
+    @property
+    def total(self) -> int:
+        """What the device must hold: peak reserved (or peak allocated) plus the CUDA context."""
+        return (self.reserved if self.reserved is not None else self.peak) + self.context
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("name")
+        data["total"] = self.total
+        return data
+
+
+class PhaseOOM(Exception):
+    """An out-of-memory error happened inside a phase (its memory has been let go)."""
+
+
+class Meter:
+    """The ``vram`` fixture's value."""
+
+    def __init__(self, backend, gpu: GpuProfile | None, budget: int | None):
+        self._backend = backend
+        self.gpu = gpu.name if gpu else None
+        self.profile = gpu
+        self.budget = budget
+        self.phases: dict[str, PhaseResult] = {}
+        self.oom_phase: str | None = None
+        self.trainable_params: int | None = None
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def device(self) -> str:
+        """Where the test should put its tensors ("cuda:0", or "cpu" for the cpu and sim backends)."""
+        return self._backend.torch_device
+
+    @property
+    def executes(self) -> bool:
+        """True where the test body really runs (cpu, cuda); False under simulation."""
+        return self._backend.executes
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if name in self.phases:
+            raise ValueError(f"phase {name!r} was already measured; phases so far: {list(self.phases)}")
+        self._backend.begin_phase()
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            self.phases[name] = self._backend.end_phase(name, oom=True)
+            self.oom_phase = name
+            message = f"out of memory in phase {name!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            traceback.clear_frames(exc.__traceback__)
+            del exc
+            raise PhaseOOM(message) from None
+        self.phases[name] = self._backend.end_phase(name, oom=False)
+
+    def track(self, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Label the model's weights and, as they appear, its gradients and optimizer state,
+        so that phases carry a breakdown. Counts the trainable parameters."""
+        tracker = self._backend.tracker
+        if model is not None:
+            self.trainable_params = 0
+            for param in model.parameters():
+                if param.requires_grad:
+                    self.trainable_params += param.numel()
+                    tracker.label(param, "trainable_params")
+                    param.register_post_accumulate_grad_hook(lambda p: tracker.label(p.grad, "gradients"))
+                else:
+                    tracker.label(param, _frozen_category(param))
+                    for tensor in _quant_state_tensors(param):
+                        tracker.label(tensor, "quantized_weights")
+            for buffer in model.buffers():
+                tracker.label(buffer, "frozen_weights")
+        if optimizer is not None:
+            def label_state(opt, args, kwargs):
+                for state in opt.state.values():
+                    for value in state.values():
+                        if isinstance(value, torch.Tensor):
+                            tracker.label(value, "optimizer_state")
+            optimizer.register_step_post_hook(label_state)
+
+    @property
+    def peak_total(self) -> int:
+        return max((p.total for p in self.phases.values()), default=0)
+
+    @property
+    def fits(self) -> bool:
+        over = self.budget is not None and self.peak_total > self.budget
+        return self.oom_phase is None and not over
+
+
+def _frozen_category(param: torch.Tensor) -> str:
+    quantized = hasattr(param, "quant_state") or param.dtype in (torch.int8, torch.uint8)
+    return "quantized_weights" if quantized else "frozen_weights"
+
+
+def _quant_state_tensors(param: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Tensors hanging off a quantized parameter's ``quant_state`` (absmax, code, nested state)."""
+    pending = [getattr(param, "quant_state", None)]
+    while pending:
+        state = pending.pop()
+        if state is None:
+            continue
+        for value in vars(state).values():
+            if isinstance(value, torch.Tensor):
+                yield value
+            elif hasattr(value, "__dict__") and type(value).__name__ == type(state).__name__:
+                pending.append(value)

@@ -1,0 +1,61 @@
+"""GPU profiles: the cards a test can be budgeted for.
+
+Adding a GPU is one entry in ``PROFILES``. ``total_bytes`` is the total the card reports to
+CUDA (``torch.cuda.get_device_properties().total_memory``, which equals nvidia-smi's MiB total
+x 2**20 where both were seen); ``source`` says where each figure comes from, so that an
+estimate is never mistaken for a measurement. ``context_bytes`` is the typical CUDA context
+(with lazy module loading, CUDA >= 11.7, ~300 MiB); the allocator does not see it, NVML does.
+``attention`` is the scaled-dot-product kernel PyTorch picks on that card for fp16 training:
+flash attention needs sm80+, older cards use the memory-efficient kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 2**20
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    name: str
+    label: str
+    total_bytes: int
+    compute_capability: tuple[int, int]
+    bf16: bool
+    source: str
+    context_bytes: int = 300 * MiB
+
+    @property
+    def attention(self) -> str:
+        return "flash" if self.compute_capability >= (8, 0) else "efficient"
+
+
+def _gib(x: float) -> int:
+    return round(x * GiB)
+
+
+_OOM = "PyTorch OOM messages' 'total capacity', 0.01 GiB resolution"
+PROFILES: dict[str, GpuProfile] = {p.name: p for p in (
+    GpuProfile("v100", "Tesla V100 16 GB", 16_945_512_448, (7, 0), False,
+               "torch total_memory of a V100-SXM2-16GB (16160 MiB)"),
+    GpuProfile("t4", "Tesla T4 16 GB", _gib(14.75), (7, 5), False, _OOM),
+    GpuProfile("a10g", "NVIDIA A10G 24 GB", _gib(22.20), (8, 6), True, _OOM),
+    GpuProfile("rtx3090", "GeForce RTX 3090 24 GB", _gib(23.69), (8, 6), True, _OOM),
+    GpuProfile("rtx4090", "GeForce RTX 4090 24 GB", _gib(23.65), (8, 9), True, _OOM),
+    GpuProfile("a100_40gb", "A100 40 GB", _gib(39.59), (8, 0), True, _OOM),
+    GpuProfile("a100_80gb", "A100 80 GB", _gib(79.15), (8, 0), True, _OOM),
+    GpuProfile("h100_80gb", "H100 80 GB HBM3", 81559 * MiB, (9, 0), True,
+               "nvidia-smi total of an H100 80GB HBM3 (81559 MiB)"),
+)}
+
+
+def get_profile(name: str) -> GpuProfile:
+    """The profile called ``name`` ('a100-40gb' and 'a100_40gb' both work)."""
+    key = name.strip().lower().replace("-", "_")
+    try:
+        return PROFILES[key]
+    except KeyError:
+        raise ValueError(
+            f"unknown GPU profile {name!r}; valid choices: {', '.join(PROFILES)}"
+        ) from None

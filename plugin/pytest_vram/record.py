@@ -1,0 +1,85 @@
+"""The record of one measured test, and the files that hold records.
+
+A record (in ``benchmark.extra_info["vram"]`` and in ``--vram-json``) holds, in integer bytes:
+backend, gpu, budget_bytes, fits, oom_phase, status, trainable_params, the case's parameters,
+and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
+Files are written to a temporary file and renamed, so none is ever half-written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+FORMAT = "pytest-vram"
+VERSION = 1
+LIBRARIES = ("torch", "transformers", "diffusers", "peft", "bitsandbytes", "lycoris-lora",
+             "pytest", "pytest-benchmark", "nvidia-ml-py")
+
+
+def status_of(fits: bool, oom_phase: str | None) -> str:
+    if oom_phase is not None:
+        return "OOM"
+    return "fits" if fits else "over budget"
+
+
+def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -> dict:
+    return {
+        "case": case,
+        "test": nodeid,
+        "backend": meter.backend,
+        "gpu": meter.gpu,
+        "budget_bytes": meter.budget,
+        "fits": meter.fits,
+        "oom_phase": meter.oom_phase,
+        "status": status_of(meter.fits, meter.oom_phase),
+        "expect_oom": expect_oom,
+        "trainable_params": meter.trainable_params,
+        "peak_total_bytes": meter.peak_total,
+        "phases": {name: phase.to_dict() for name, phase in meter.phases.items()},
+        "params": {key: jsonable(value) for key, value in params.items()},
+    }
+
+
+def jsonable(value):
+    """A case parameter as JSON: dataclasses as dicts, other objects as their str()."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def vram_json(records: list[dict], machine_info: dict) -> dict:
+    """The document ``--vram-json`` writes."""
+    return {"format": FORMAT, "version": VERSION, "machine_info": machine_info, "records": records}

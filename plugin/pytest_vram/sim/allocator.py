@@ -1,0 +1,149 @@
+"""A model of PyTorch's CUDA caching allocator (c10/cuda/CUDACachingAllocator.cpp), enough to
+predict reserved memory and where an allocation would run out of memory.
+
+- Every request is rounded up to a multiple of 512 bytes.
+- Requests up to 1 MiB come from the small pool, carved out of 2 MiB segments; larger ones
+  from the large pool: a 20 MiB segment for requests under 10 MiB, else the request rounded up
+  to 2 MiB.
+- A free cached block is reused best-fit within its pool; a block is split when the remainder
+  is at least 512 bytes (small pool) or over 1 MiB (large pool); freed blocks merge with free
+  neighbours in their segment.
+- When a new segment would pass the device limit, the cached free segments are released
+  (``empty_cache``) and the allocation retried once; then it is an OOM.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+KiB, MiB = 2**10, 2**20
+MIN_BLOCK = 512
+SMALL_SIZE = 1 * MiB
+SMALL_BUFFER = 2 * MiB
+LARGE_BUFFER = 20 * MiB
+MIN_LARGE_ALLOC = 10 * MiB
+ROUND_LARGE = 2 * MiB
+
+
+def round_size(nbytes: int) -> int:
+    return max(MIN_BLOCK, -(-nbytes // MIN_BLOCK) * MIN_BLOCK)
+
+
+def segment_size(size: int) -> int:
+    if size <= SMALL_SIZE:
+        return SMALL_BUFFER
+    if size < MIN_LARGE_ALLOC:
+        return LARGE_BUFFER
+    return -(-size // ROUND_LARGE) * ROUND_LARGE
+
+
+@dataclass
+class _Segment:
+    size: int
+    small: bool
+    blocks: list = field(default_factory=list)  # [offset, size, free] sorted by offset
+
+
+class OutOfSimulatedMemory(Exception):
+    def __init__(self, requested: int, reserved: int, limit: int):
+        self.requested, self.reserved, self.limit = requested, reserved, limit
+        super().__init__(f"tried to allocate {requested} bytes with {reserved} bytes reserved of {limit}")
+
+
+class CachingAllocatorModel:
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.segments: list[_Segment] = []
+        self.reserved = 0
+        self.peak_reserved = 0
+        self.allocated = 0          # bytes in blocks handed out (rounded, unsplit remainders included)
+        self.peak_allocated = 0
+        self._free: dict[bool, list] = {True: [], False: []}  # pool -> sorted [(size, id, seg, offset)]
+        self._where: dict[int, tuple[_Segment, int]] = {}
+
+    def reset_peak(self) -> None:
+        self.peak_reserved = self.reserved
+        self.peak_allocated = self.allocated
+
+    def malloc(self, key: int, nbytes: int) -> None:
+        size = round_size(nbytes)
+        small = size <= SMALL_SIZE
+        found = self._take_free(small, size)
+        if found is None:
+            seg_size = segment_size(size)
+            if self.limit is not None and self.reserved + seg_size > self.limit:
+                self.empty_cache()
+                if self.reserved + seg_size > self.limit:
+                    raise OutOfSimulatedMemory(size, self.reserved, self.limit)
+            seg = _Segment(seg_size, small, [[0, seg_size, True]])
+            self.segments.append(seg)
+            self.reserved += seg_size
+            self.peak_reserved = max(self.peak_reserved, self.reserved)
+            found = (seg, 0)
+        seg, offset = found
+        block_size = self._split(seg, offset, size)
+        self._where[key] = (seg, offset, block_size)
+        self.allocated += block_size
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+
+    def free(self, key: int) -> None:
+        located = self._where.pop(key, None)
+        if located is None:
+            return
+        seg, offset, block_size = located
+        self.allocated -= block_size
+        index = next(i for i, b in enumerate(seg.blocks) if b[0] == offset)
+        seg.blocks[index][2] = True
+        # merge with free neighbours
+        for i in (index + 1, index):
+            if 0 < i < len(seg.blocks) and seg.blocks[i - 1][2] and seg.blocks[i][2]:
+                left, right = seg.blocks[i - 1], seg.blocks.pop(i)
+                self._unlist(seg, left)
+                self._unlist(seg, right)
+                left[1] += right[1]
+        merged = next(b for b in seg.blocks if b[0] <= offset < b[0] + b[1])
+        self._unlist(seg, merged)
+        bisect.insort(self._free[seg.small], (merged[1], id(seg), merged[0], seg))
+
+    def empty_cache(self) -> None:
+        keep = []
+        for seg in self.segments:
+            if len(seg.blocks) == 1 and seg.blocks[0][2]:
+                self._unlist(seg, seg.blocks[0])
+                self.reserved -= seg.size
+            else:
+                keep.append(seg)
+        self.segments = keep
+
+    # -- internals ------------------------------------------------------------------------
+    def _take_free(self, small: bool, size: int):
+        pool = self._free[small]
+        i = bisect.bisect_left(pool, (size, -1, -1))
+        if i == len(pool):
+            return None
+        _, _, offset, seg = pool.pop(i)
+        return seg, offset
+
+    def _unlist(self, seg: _Segment, block) -> None:
+        pool = self._free[seg.small]
+        entry = (block[1], id(seg), block[0], seg)
+        i = bisect.bisect_left(pool, entry[:3])
+        while i < len(pool) and pool[i][:3] != entry[:3]:
+            i += 1
+        if i < len(pool):
+            pool.pop(i)
+
+    def _split(self, seg: _Segment, offset: int, size: int) -> int:
+        """Hand out the block at ``offset``, splitting off the rest if it is large enough;
+        returns the size of the block handed out."""
+        index = next(i for i, b in enumerate(seg.blocks) if b[0] == offset)
+        block = seg.blocks[index]
+        remaining = block[1] - size
+        splittable = remaining >= MIN_BLOCK if seg.small else remaining > SMALL_SIZE
+        block[2] = False
+        if splittable:
+            block[1] = size
+            rest = [offset + size, remaining, True]
+            seg.blocks.insert(index + 1, rest)
+            bisect.insort(self._free[seg.small], (remaining, id(seg), rest[0], seg))
+        return block[1]

@@ -1,0 +1,84 @@
+"""Which scaled-dot-product-attention kernel the simulated target would run.
+
+Under fake tensors ``F.scaled_dot_product_attention`` cannot see the GPU, so the simulator
+routes it to the kernel the target would pick, and that kernel's own memory behaviour (its
+outputs and saved log-sum-exp, never the [B, H, L, L] matrix unless it is the math path):
+
+- a GPU of compute capability >= 8.0: flash attention for fp16/bf16 without a mask and head
+  dim <= 256 (multiple of 8); otherwise the memory-efficient kernel;
+- an older GPU (V100 sm70, T4 sm75): the memory-efficient kernel;
+- either, when the head dim is not aligned (8 elements for 16-bit, 4 for fp32): math;
+- a CPU target: what torch's own dispatcher picks for these dtypes and shapes on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+
+aten = torch.ops.aten
+
+
+def gpu_kernel(capability: tuple[int, int], query, attn_mask) -> str:
+    head_dim = query.size(-1)
+    align = 8 if query.dtype in (torch.float16, torch.bfloat16) else 4
+    if head_dim % align:
+        return "math"
+    flash_ok = (query.dtype in (torch.float16, torch.bfloat16) and attn_mask is None
+                and head_dim <= 256 and head_dim % 8 == 0)
+    if capability >= (8, 0) and flash_ok:
+        return "flash"
+    return "efficient"
+
+
+def cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal) -> str:
+    """Ask torch's dispatcher, with tiny real tensors of the same dtypes and head dims."""
+    def probe(t):
+        return torch.zeros(1, 1, 2, t.size(-1), dtype=t.dtype, requires_grad=t.requires_grad)
+
+    mask = None if attn_mask is None else torch.zeros(1, 1, 2, 2, dtype=attn_mask.dtype)
+    with torch._C._DisableTorchDispatch():
+        choice = torch._fused_sdp_choice(probe(query), probe(key), probe(value), mask, dropout_p, is_causal)
+    return "cpu_flash" if choice == SDPBackend.FLASH_ATTENTION.value else "math"
+
+
+def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
+    if kernel == "efficient":
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill_(attn_mask.logical_not(), float("-inf"))
+        need_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        return aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, need_lse, dropout_p, is_causal,
+                                                            scale=scale)[0]
+    if kernel == "flash":
+        return aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
+    if kernel == "cpu_flash":
+        return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
+                                                                attn_mask=attn_mask, scale=scale)[0]
+    return aten._scaled_dot_product_attention_math(q, k, v, attn_mask, dropout_p, is_causal, scale=scale)[0]
+
+
+@contextlib.contextmanager
+def routed_attention(capability: tuple[int, int] | None):
+    """Within the block, F.scaled_dot_product_attention runs the target's kernel
+    (``capability`` of the GPU, or None for a CPU target). Yields the list of kernels used."""
+    original = F.scaled_dot_product_attention
+    used: list[str] = []
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if enable_gqa and key.size(-3) != query.size(-3):
+            repeat = query.size(-3) // key.size(-3)
+            key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+        if capability is None:
+            kernel = cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal)
+        else:
+            kernel = gpu_kernel(capability, query, attn_mask)
+        used.append(kernel)
+        return _run(kernel, query, key, value, attn_mask, dropout_p, is_causal, scale)
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield used
+    finally:
+        F.scaled_dot_product_attention = original

@@ -1,0 +1,139 @@
+"""The ``sim`` backend: the test body runs under FakeTensorMode (fake CPU tensors standing in
+for the GPU: fake cuda tensors abort autograd on a CPU-only torch) with the storage tracker
+counting every storage, so allocated and peak bytes are exact and no real memory is used.
+
+What differs on the GPU is modelled from the profile, each piece switchable (``gpu_models``):
+the attention kernel it would pick (:mod:`.attention`), the caching allocator's rounding,
+segments and reserved memory (:mod:`.allocator`), the CUDA context (the profile's typical
+size) and the cuBLAS workspace (allocated through the caching allocator on the first matrix
+product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models off it
+simulates a CPU target: the same bytes as a real CPU run. A simulated OOM is raised at the
+first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ..meter import PhaseResult
+from ..profiles import GpuProfile, MiB
+from ..tracker import StorageTracker
+from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
+from .attention import routed_attention
+
+GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+         torch.ops.aten.baddbmm.default}
+WORKSPACE_KEY = -1
+
+
+def cublas_workspace_bytes(profile: GpuProfile) -> int:
+    """PyTorch's default cuBLAS workspace: ':4096:2:16:8' below sm90, 32 MiB on sm90."""
+    return 32 * MiB if profile.compute_capability >= (9, 0) else 2 * 4096 * 1024 + 8 * 16 * 1024
+
+
+@contextlib.contextmanager
+def fake_tensors():
+    """FakeTensorMode, with ``torch.utils.swap_tensors`` clearing the fake converter's memo
+    first: its weak references make ``Module.to()`` / ``.half()`` on fake parameters (and
+    peft's adapter moves) fail with "_apply(): Couldn't swap"."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    swap = torch.utils.swap_tensors
+
+    def swap_tensors(t1, t2):
+        mode.fake_tensor_converter.meta_converter.tensor_memo.clear()
+        return swap(t1, t2)
+
+    torch.utils.swap_tensors = swap_tensors
+    try:
+        with mode:
+            yield mode
+    finally:
+        torch.utils.swap_tensors = swap
+
+
+class SimulatedOutOfMemoryError(torch.OutOfMemoryError):
+    pass
+
+
+class _SimTracker(StorageTracker):
+    def __init__(self, backend: "SimBackend"):
+        super().__init__(on_alloc=backend._alloc, on_free=backend._free)
+        self._backend = backend
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in GEMMS:
+            self._backend._first_gemm()
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+class SimBackend:
+    name = "sim"
+    executes = False
+    torch_device = "cpu"
+
+    def __init__(self, profile: GpuProfile | None, gpu_models: bool = True, budget: int | None = None):
+        self.profile = profile
+        self.gpu_models = gpu_models and profile is not None
+        self.context = profile.context_bytes if self.gpu_models else 0
+        total = budget if budget is not None else profile.total_bytes if profile else None
+        limit = total - self.context if total is not None else None
+        self.allocator = CachingAllocatorModel(limit) if self.gpu_models else None
+        self.tracker = _SimTracker(self)
+        self._limit = limit
+        self._workspace = not self.gpu_models  # nothing to allocate for a CPU target
+        self._stack = contextlib.ExitStack()
+        self.kernels: list[str] = []
+
+    def start(self) -> None:
+        capability = self.profile.compute_capability if self.gpu_models else None
+        self.kernels = self._stack.enter_context(routed_attention(capability))
+        self._stack.enter_context(fake_tensors())
+        self._stack.enter_context(self.tracker)
+
+    def stop(self) -> None:
+        self._stack.close()
+
+    # -- allocation hooks -----------------------------------------------------------------
+    def _alloc(self, key: int, nbytes: int) -> None:
+        if self.allocator is not None:
+            try:
+                self.allocator.malloc(key, nbytes)
+            except OutOfSimulatedMemory as exc:
+                raise SimulatedOutOfMemoryError(
+                    f"simulated CUDA out of memory on {self.profile.label}: tried to allocate "
+                    f"{exc.requested} bytes with {exc.reserved} reserved of {exc.limit} available") from None
+        elif self._limit is not None and self.tracker.live_bytes + nbytes > self._limit:
+            raise SimulatedOutOfMemoryError(
+                f"simulated out of memory: {self.tracker.live_bytes + nbytes} bytes live of {self._limit} available")
+
+    def _free(self, key: int) -> None:
+        if self.allocator is not None:
+            self.allocator.free(key)
+
+    def _first_gemm(self) -> None:
+        if not self._workspace:
+            self._workspace = True
+            self._alloc(WORKSPACE_KEY, cublas_workspace_bytes(self.profile))
+
+    # -- phases ---------------------------------------------------------------------------
+    def begin_phase(self) -> None:
+        self.tracker.mark()
+        if self.allocator is not None:
+            self.allocator.reset_peak()
+
+    def end_phase(self, name: str, oom: bool) -> PhaseResult:
+        t, a = self.tracker, self.allocator
+        breakdown = t.breakdown_at_peak()
+        if a is None:
+            return PhaseResult(name, t.live_bytes, t.peak_bytes, None, 0, breakdown, oom)
+        # the allocator's rounding (and the cuBLAS workspace) count as activations/temporaries
+        breakdown["activations"] += a.peak_allocated - sum(breakdown.values())
+        return PhaseResult(name, a.allocated, a.peak_allocated, a.peak_reserved, self.context, breakdown, oom)
+
+    def release(self) -> None:
+        gc.collect()
+        if self.allocator is not None:
+            self.allocator.empty_cache()

@@ -1,0 +1,119 @@
+"""A dispatch-level storage tracker: exact live and peak bytes of tensor storages.
+
+Every op output passes through ``__torch_dispatch__``; the first time a storage is seen it is
+counted, and a weakref finalizer uncounts it when the storage dies (torch keeps one Python
+object per live storage, so the finalizer fires exactly when the memory is released). Storages
+made before tracking started can be added with :meth:`StorageTracker.label`.
+
+Each storage carries a category label (default ``activations``: activations and temporaries).
+Labels may be set after the fact, so the breakdown at a phase's peak is computed at the end of
+the phase by replaying the allocation log up to the peak with the labels known by then.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+CATEGORIES = (
+    "frozen_weights", "quantized_weights", "trainable_params",
+    "gradients", "optimizer_state", "activations",
+)
+DEFAULT_CATEGORY = "activations"
+
+
+class StorageTracker(TorchDispatchMode):
+    """Counts storages created by tensor ops. ``on_alloc(key, nbytes)`` may raise (the
+    simulator's OOM) before a storage is counted; ``on_free(key)`` follows its release."""
+
+    def __init__(self, on_alloc: Callable[[int, int], None] | None = None,
+                 on_free: Callable[[int], None] | None = None):
+        super().__init__()
+        self.on_alloc = on_alloc
+        self.on_free = on_free
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._sizes: dict[int, int] = {}   # key -> nbytes, live storages only
+        self._labels: dict[int, str] = {}  # key -> category, kept after death
+        self._next_key = 0
+        self._log: list[tuple[int, int]] = []  # (key, +nbytes / -nbytes) since mark()
+        self._mark_sizes: dict[int, int] = {}
+        self._peak_index = 0
+
+    # -- dispatch -------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.see(leaf)
+        return out
+
+    def see(self, tensor: torch.Tensor) -> int:
+        """Count ``tensor``'s storage if it is new; return its key."""
+        storage = tensor.untyped_storage()
+        key = self._keys.get(storage)
+        if key is not None:
+            return key
+        nbytes = storage.nbytes()
+        key = self._next_key
+        if self.on_alloc is not None:
+            self.on_alloc(key, nbytes)
+        self._next_key += 1
+        self._keys[storage] = key
+        self._sizes[key] = nbytes
+        weakref.finalize(storage, self._free, key)
+        self._change(key, nbytes)
+        return key
+
+    def _free(self, key: int) -> None:
+        nbytes = self._sizes.pop(key, 0)
+        self._change(key, -nbytes)
+        if self.on_free is not None:
+            self.on_free(key)
+
+    def _change(self, key: int, delta: int) -> None:
+        self.live_bytes += delta
+        self._log.append((key, delta))
+        if self.live_bytes > self.peak_bytes:
+            self.peak_bytes = self.live_bytes
+            self._peak_index = len(self._log)
+
+    # -- labels and phases ----------------------------------------------------------------
+    def label(self, tensor: torch.Tensor | None, category: str) -> None:
+        """Put ``tensor``'s storage in ``category`` (counting it if it was made untracked)."""
+        if tensor is None:
+            return
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown category {category!r}; valid choices: {', '.join(CATEGORIES)}")
+        self._labels[self.see(tensor)] = category
+
+    def mark(self) -> None:
+        """Start a new phase: the peak restarts from what is live now."""
+        self.peak_bytes = self.live_bytes
+        self._log = []
+        self._mark_sizes = dict(self._sizes)
+        self._peak_index = 0
+
+    def _by_category(self, sizes: dict[int, int]) -> dict[str, int]:
+        totals = Counter({c: 0 for c in CATEGORIES})
+        for key, nbytes in sizes.items():
+            totals[self._labels.get(key, DEFAULT_CATEGORY)] += nbytes
+        return {c: int(totals[c]) for c in CATEGORIES}
+
+    def breakdown_at_peak(self) -> dict[str, int]:
+        """Bytes per category at the peak since :meth:`mark`; the parts sum to the peak."""
+        sizes = dict(self._mark_sizes)
+        for key, delta in self._log[: self._peak_index]:
+            if delta >= 0:
+                sizes[key] = delta
+            else:
+                sizes.pop(key, None)
+        return self._by_category(sizes)
+
+    def breakdown_now(self) -> dict[str, int]:
+        return self._by_category(self._sizes)

@@ -1,0 +1,51 @@
+"""The caching-allocator model against the rules of c10/cuda/CUDACachingAllocator.cpp."""
+import pytest
+
+from pytest_vram.sim.allocator import CachingAllocatorModel, OutOfSimulatedMemory, round_size, segment_size
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("request_bytes, rounded", [(1, 512), (512, 512), (513, 1024), (4 * MiB + 1, 4 * MiB + 512)])
+def test_requests_round_up_to_512_bytes(request_bytes, rounded):
+    assert round_size(request_bytes) == rounded
+
+
+@pytest.mark.parametrize("size, segment", [
+    (512, 2 * MiB), (MiB, 2 * MiB),                 # small pool: 2 MiB segments
+    (MiB + 512, 20 * MiB), (10 * MiB - 512, 20 * MiB),  # large requests under 10 MiB: 20 MiB
+    (10 * MiB, 10 * MiB), (11 * MiB, 12 * MiB),     # else rounded up to 2 MiB
+])
+def test_segment_sizes(size, segment):
+    assert segment_size(size) == segment
+
+
+def test_small_blocks_share_a_segment_and_freed_blocks_are_reused():
+    a = CachingAllocatorModel(limit=None)
+    for key in range(4):
+        a.malloc(key, 1000)                   # 1024 each, carved from one 2 MiB segment
+    assert a.reserved == 2 * MiB and a.allocated == 4 * 1024
+    a.free(1)
+    a.free(2)                                 # merge into one 2 KiB free block
+    a.malloc(9, 2048)                         # best fit: exactly the merged block
+    assert a._where[9][1] == 1024
+    assert a.reserved == 2 * MiB and a.allocated == 2 * 1024 + 2048
+
+
+def test_large_block_splits_only_when_the_rest_is_over_1_mib():
+    a = CachingAllocatorModel(limit=None)
+    a.malloc(0, 3 * MiB)                      # 20 MiB segment, split: 17 MiB stay free
+    a.malloc(1, 16 * MiB + 512 * 1024)        # best fit in the 17 MiB rest; 0.5 MiB rest not split
+    assert a.reserved == 20 * MiB
+    assert a.allocated == 3 * MiB + 17 * MiB  # the unsplit remainder counts as allocated
+    assert a.peak_allocated == a.allocated
+
+
+def test_oom_only_after_releasing_cached_segments():
+    a = CachingAllocatorModel(limit=40 * MiB)
+    a.malloc(0, 30 * MiB)
+    a.free(0)                                 # cached, still reserved
+    a.malloc(1, 38 * MiB)                     # needs the cache released first
+    assert a.reserved == 38 * MiB and a.peak_reserved == 38 * MiB
+    with pytest.raises(OutOfSimulatedMemory):
+        a.malloc(2, 4 * MiB)
