@@ -1,6 +1,7 @@
 """The ``pytest-vram`` command: work with saved memory histories.
 
     pytest-vram table HISTORY [--breakdown] [--format text|markdown|csv]
+    pytest-vram compare OLD NEW [NEW ...] [--format ...] [--fail PHASE.FIELD:LIMIT ...]
 
 Exit codes: 0 success, 1 a --fail expression tripped, 2 bad input (one clear message).
 """
@@ -12,23 +13,50 @@ import io
 import sys
 
 from . import report
+from .compare import DELTA_HEADERS, compare, delta_rows, parse_fail_expr
 from .history import HistoryError, load
+from .options import OPTIONS
 from .tracker import CATEGORIES
 
 FORMATS = ("text", "markdown", "csv")
 
 
-def _table(args) -> int:
-    history = load(args.history)
-    if args.format == "csv":
+def _emit(headers: list[str], rows: list[list[str]], fmt: str) -> None:
+    if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(list(report.HEADERS) + (list(CATEGORIES) if args.breakdown else []))
-        writer.writerows(report.row(r, args.breakdown) for r in history.records)
+        writer.writerow(headers)
+        writer.writerows(rows)
         print(out.getvalue(), end="")
     else:
-        print(report.table(history.records, args.breakdown, markdown=args.format == "markdown"))
+        print(report.render(headers, rows, markdown=fmt == "markdown"))
+
+
+def _table(args) -> int:
+    history = load(args.history)
+    headers = list(report.HEADERS) + (list(CATEGORIES) if args.breakdown else [])
+    _emit(headers, [report.row(r, args.breakdown) for r in history.records], args.format)
     return 0
+
+
+def _compare(args) -> int:
+    exprs = [parse_fail_expr(e) for e in args.fail or []]
+    old = load(args.old)
+    regressions = []
+    for path in args.new:
+        new = load(path)
+        result = compare(old.records, new.records, old.machine_info, new.machine_info)
+        print(f"{old.path} -> {new.path}")
+        for line in ([f"warning: {w}" for w in result.warnings]
+                     + [f"case only in {old.path}: {c}" for c in result.only_old]
+                     + [f"case only in {new.path}: {c}" for c in result.only_new]
+                     + [f"status: {c}: {a} -> {b}" for c, a, b in result.status_changes]):
+            print(line)
+        _emit(DELTA_HEADERS, delta_rows(result), args.format)
+        regressions += result.regressions(exprs)
+    for line in regressions:
+        print(f"REGRESSION {line}")
+    return 1 if regressions else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,6 +67,13 @@ def parser() -> argparse.ArgumentParser:
     table.add_argument("--breakdown", action="store_true", help="add the step's breakdown columns")
     table.add_argument("--format", choices=FORMATS, default="text")
     table.set_defaults(run=_table)
+    comp = sub.add_parser("compare", help="per-case memory deltas between histories")
+    comp.add_argument("old", help="the reference history")
+    comp.add_argument("new", nargs="+", help="histories to compare with it")
+    comp.add_argument("--format", choices=FORMATS, default="text")
+    fail = next(o for o in OPTIONS if o.flag == "--vram-compare-fail")
+    comp.add_argument("--fail", action="append", help=fail.help)
+    comp.set_defaults(run=_compare)
     return p
 
 
@@ -46,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except HistoryError as exc:
+    except (HistoryError, ValueError) as exc:
         print(f"pytest-vram: error: {exc}", file=sys.stderr)
         return 2
 

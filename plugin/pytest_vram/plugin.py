@@ -23,7 +23,20 @@ class VramSession:
             raise pytest.UsageError(str(exc)) from None
         self.json_path = options.get(config, "--vram-json")
         self.records: list[dict] = []
-        self.machine_info: dict = {}
+        self.gate = None
+        compare_with = options.get(config, "--vram-compare")
+        fail_exprs = options.get(config, "--vram-compare-fail")
+        if fail_exprs and not compare_with:
+            raise pytest.UsageError("--vram-compare-fail needs --vram-compare PATH|NNNN|latest")
+        if compare_with:
+            from .gate import Gate
+            from .history import HistoryError
+
+            storage = config.getoption("benchmark_storage", None) if config.pluginmanager.hasplugin("benchmark") else None
+            try:
+                self.gate = Gate(compare_with, fail_exprs, storage)
+            except (ValueError, HistoryError) as exc:
+                raise pytest.UsageError(f"--vram-compare: {exc}") from None
 
     def describe(self) -> dict:
         info = {"backend": self.backend, "libraries": record.library_versions()}
@@ -175,9 +188,19 @@ def pytest_terminal_summary(terminalreporter, config):
     if state and state.records:
         terminalreporter.write_sep("=", f"GPU memory ({state.backend} backend)")
         terminalreporter.write_line(report.table(state.records))
+    if state and state.gate and state.gate.comparison:
+        terminalreporter.write_sep("=", "GPU memory compared")
+        terminalreporter.write_line(state.gate.summary())
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
     state = session.config.stash.get(STATE, None)
-    if state and state.json_path and state.records:
-        record.write_json_atomic(state.json_path, record.vram_json(state.records, state.describe()))
+    if state and state.records:
+        machine = state.describe()
+        if state.json_path:
+            record.write_json_atomic(state.json_path, record.vram_json(state.records, machine))
+        if state.gate:
+            state.gate.run(state.records, machine)
+            if state.gate.regressions and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,47 @@
+"""``--vram-compare`` / ``--vram-compare-fail`` inside pytest: compare this session's records
+with a saved history, show regressions and improvements, fail the session on a regression."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import report
+from .compare import DELTA_HEADERS, Comparison, compare, delta_rows, parse_fail_expr
+from .history import HistoryError, load
+
+
+def resolve(spec: str, storage: str | None) -> Path:
+    """PATH, or a pytest-benchmark run number (NNNN) or 'latest' in its storage folder."""
+    if spec != "latest" and not spec.isdigit():
+        return Path(spec)
+    root = Path((storage or "file://./.benchmarks").removeprefix("file://"))
+    runs = sorted(root.glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda p: p.name)
+    if spec != "latest":
+        runs = [p for p in runs if p.name.startswith(f"{int(spec):04d}_")]
+    if not runs:
+        raise HistoryError(f"no saved pytest-benchmark run {spec!r} under {root}")
+    return runs[-1]
+
+
+class Gate:
+    def __init__(self, spec: str, exprs: list[str], storage: str | None):
+        self.exprs = [parse_fail_expr(e) for e in exprs]   # ValueError: one clear message
+        self.path = resolve(spec, storage)
+        self.history = load(self.path)
+        self.comparison: Comparison | None = None
+        self.regressions: list[str] = []
+
+    def run(self, records: list[dict], machine: dict) -> None:
+        self.comparison = compare(self.history.records, records, self.history.machine_info, machine)
+        self.regressions = self.comparison.regressions(self.exprs)
+
+    def summary(self) -> str:
+        c = self.comparison
+        lines = [f"compared with {self.path}"]
+        lines += [f"warning: {w}" for w in c.warnings]
+        lines += [f"case only in {self.path}: {case}" for case in c.only_old]
+        lines += [f"case new in this run: {case}" for case in c.only_new]
+        lines += [f"status: {case}: {old} -> {new}" for case, old, new in c.status_changes]
+        rows = delta_rows(c, changed_only=True)
+        lines.append(report.render(DELTA_HEADERS, rows) if rows else "no memory changes")
+        lines += [f"REGRESSION {r}" for r in self.regressions]
+        return "\n".join(lines)
