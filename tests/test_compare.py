@@ -88,3 +88,12 @@ def test_cli_compare_formats_and_fail(tmp_path, capsys):
     assert main(["compare", str(a), str(b), "--format", "csv", "--fail", "step.peak:5%"]) == 1
     out = capsys.readouterr().out
     assert "a,step.peak," in out and "REGRESSION a: step.peak grew" in out
+
+
+def test_cli_plot_writes_png_for_one_history_and_a_trend(tmp_path, capsys):
+    a = history(tmp_path / "a.json", [rec("a", 2**30), rec("b", 2**29)])
+    b = history(tmp_path / "b.json", [rec("a", 2**31)])
+    for sources, name in (([a], "one.png"), ([a, b], "trend.png")):
+        out = tmp_path / name
+        assert main(["plot", *map(str, sources), "-o", str(out)]) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

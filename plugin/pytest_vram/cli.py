@@ -2,6 +2,7 @@
 
     pytest-vram table HISTORY [--breakdown] [--format text|markdown|csv]
     pytest-vram compare OLD NEW [NEW ...] [--format ...] [--fail PHASE.FIELD:LIMIT ...]
+    pytest-vram plot HISTORY [HISTORY ...] -o OUT.png
 
 Exit codes: 0 success, 1 a --fail expression tripped, 2 bad input (one clear message).
 """
@@ -59,6 +60,14 @@ def _compare(args) -> int:
     return 1 if regressions else 0
 
 
+def _plot(args) -> int:
+    from .plot import plot
+
+    plot([load(p) for p in args.histories], args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pytest-vram", description="GPU memory histories of pytest-vram")
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     fail = next(o for o in OPTIONS if o.flag == "--vram-compare-fail")
     comp.add_argument("--fail", action="append", help=fail.help)
     comp.set_defaults(run=_compare)
+    chart = sub.add_parser("plot", help="PNG chart: one history's cases, or a trend across histories")
+    chart.add_argument("histories", nargs="+")
+    chart.add_argument("-o", "--output", required=True, help="PNG file to write")
+    chart.set_defaults(run=_plot)
     return p
 
 
