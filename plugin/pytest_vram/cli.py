@@ -15,7 +15,7 @@ import sys
 
 from . import report
 from .compare import DELTA_HEADERS, compare, delta_rows, parse_fail_expr
-from .history import HistoryError, load
+from .history import load
 from .options import OPTIONS
 from .tracker import CATEGORIES
 
@@ -48,10 +48,7 @@ def _compare(args) -> int:
         new = load(path)
         result = compare(old.records, new.records, old.machine_info, new.machine_info)
         print(f"{old.path} -> {new.path}")
-        for line in ([f"warning: {w}" for w in result.warnings]
-                     + [f"case only in {old.path}: {c}" for c in result.only_old]
-                     + [f"case only in {new.path}: {c}" for c in result.only_new]
-                     + [f"status: {c}: {a} -> {b}" for c, a, b in result.status_changes]):
+        for line in result.notes(old.path, new.path):
             print(line)
         _emit(DELTA_HEADERS, delta_rows(result), args.format)
         regressions += result.regressions(exprs)
@@ -94,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (HistoryError, ValueError) as exc:
+    except ValueError as exc:  # HistoryError included
         print(f"pytest-vram: error: {exc}", file=sys.stderr)
         return 2
 

@@ -78,6 +78,13 @@ class Comparison:
     status_changes: list[tuple[str, str, str]]  # case, old status, new status
     warnings: list[str]
 
+    def notes(self, old_name: str, new_name: str) -> list[str]:
+        """Warnings, one-sided cases and status changes, one line each."""
+        return ([f"warning: {w}" for w in self.warnings]
+                + [f"case only in {old_name}: {c}" for c in self.only_old]
+                + [f"case only in {new_name}: {c}" for c in self.only_new]
+                + [f"status: {c}: {a} -> {b}" for c, a, b in self.status_changes])
+
     def regressions(self, exprs: list[FailExpr]) -> list[str]:
         found = [f"{case}: was {old}, now {new}" for case, old, new in self.status_changes
                  if old == "fits" and new != "fits"]

@@ -36,11 +36,7 @@ class Gate:
 
     def summary(self) -> str:
         c = self.comparison
-        lines = [f"compared with {self.path}"]
-        lines += [f"warning: {w}" for w in c.warnings]
-        lines += [f"case only in {self.path}: {case}" for case in c.only_old]
-        lines += [f"case new in this run: {case}" for case in c.only_new]
-        lines += [f"status: {case}: {old} -> {new}" for case, old, new in c.status_changes]
+        lines = [f"compared with {self.path}"] + c.notes(str(self.path), "this run")
         rows = delta_rows(c, changed_only=True)
         lines.append(report.render(DELTA_HEADERS, rows) if rows else "no memory changes")
         lines += [f"REGRESSION {r}" for r in self.regressions]

@@ -7,13 +7,15 @@ Several: a trend per case of the step's total across the histories, in the given
 from __future__ import annotations
 
 from .history import History
+from .report import first_last
+from .sizes import UNITS
 from .tracker import CATEGORIES
 
-GiB = 2**30
+GiB = UNITS["GiB"]
 
 
 def _step(record: dict) -> dict:
-    return list(record["phases"].values())[-1]
+    return first_last(record)[1]
 
 
 def plot(histories: list[History], out: str) -> None:
@@ -36,7 +38,7 @@ def plot(histories: list[History], out: str) -> None:
 
 def _bars(ax, records: list[dict]) -> None:
     xs = range(len(records))
-    created = [list(r["phases"].values())[0]["allocated"] / GiB for r in records]
+    created = [first_last(r)[0]["allocated"] / GiB for r in records]
     ax.bar([x - 0.2 for x in xs], created, width=0.4, label="after creation", color="0.6")
     bottom = [0.0] * len(records)
     for category in CATEGORIES:
@@ -54,9 +56,10 @@ def _bars(ax, records: list[dict]) -> None:
 
 
 def _trend(ax, histories: list[History]) -> None:
-    cases = list(dict.fromkeys(r["case"] for h in histories for r in h.records))
+    by_case = [h.by_case() for h in histories]
+    cases = list(dict.fromkeys(case for cases in by_case for case in cases))
     for case in cases:
-        ys = [_step(h.by_case()[case])["total"] / GiB if case in h.by_case() else None for h in histories]
+        ys = [_step(cases[case])["total"] / GiB if case in cases else None for cases in by_case]
         ax.plot(range(len(histories)), ys, marker="o", label=case)
     ax.set_xticks(range(len(histories)), [h.path for h in histories], rotation=30, ha="right", fontsize="small")
     ax.set_title("peak in step (reserved + context) per history")

@@ -13,7 +13,7 @@ from .tracker import CATEGORIES
 HEADERS = ("case", "after creation", "peak in step", "% of budget", "trainable params", "status")
 
 
-def _first_last(record: dict) -> tuple[dict | None, dict | None]:
+def first_last(record: dict) -> tuple[dict | None, dict | None]:
     phases = list(record.get("phases", {}).values())
     if not phases:
         return None, None
@@ -21,7 +21,7 @@ def _first_last(record: dict) -> tuple[dict | None, dict | None]:
 
 
 def row(record: dict, breakdown: bool = False) -> list[str]:
-    first, last = _first_last(record)
+    first, last = first_last(record)
     created = "OOM" if first and first["oom"] else format_bytes(first and first["allocated"])
     if len(record.get("phases", {})) < 2:
         stepped = "-"
