@@ -5,15 +5,16 @@ import math
 import pytest
 import torch
 
-from fixtures.adapters import apply_adapter, trained_part
+from fixtures.adapters import apply_adapter, get_adapter, target_names
 from fixtures.cases import CASES, Case
-from fixtures.models import MODELS, build_model, fill_weights, get_model_spec
-from fixtures.training import STEPS, make_optimizer
+from fixtures.models import MODELS, build_model, get_model_spec, trained_part
+from fixtures.quantization import get_quantization
+from fixtures.training import STEPS, make_optimizer, prepare_for_training, train_mode
 
 
 @pytest.mark.parametrize("name", [m.name for m in MODELS.values() if m.published_params])
 def test_full_size_parameter_counts_match_published(name):
-    model = build_model(name, torch.float16, "meta")
+    model = build_model(name, "fp16", "meta")
     spec = get_model_spec(name)
     if spec.family == "llm":
         counts = {"model": sum(p.numel() for p in model.parameters())}
@@ -23,35 +24,72 @@ def test_full_size_parameter_counts_match_published(name):
 
 
 def test_models_are_built_in_the_requested_dtype_without_fp32_copy():
-    model = build_model("llama-tiny", torch.float16)
+    model = build_model("llama-tiny", "fp16")
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert torch.get_default_dtype() == torch.float32
 
 
-def lora_params(family, rank, model):
-    """LoRA adds A (r x in) and B (out x r) to each target Linear."""
-    part = trained_part(model, family)
-    targets = ("q_proj", "v_proj") if family == "llm" else ("to_q", "to_k", "to_v", "to_out.0")
-    return sum(rank * (m.in_features + m.out_features) for n, m in part.named_modules()
-               if isinstance(m, torch.nn.Linear) and n.endswith(targets))
+def _closest_factors(n):
+    """n = a * b with a <= b and a as close to sqrt(n) as possible (LoKr's factorization)."""
+    a = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return a, n // a
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not get_model_spec(c.model).full_size], ids=str)
-def test_tiny_step_trains_only_adapter_and_loss_is_finite(case):
+def _module_params(adapter, rank, module):
+    """The adapter's trainable parameters on one target module, from its published form."""
+    if isinstance(module, torch.nn.Conv2d):   # LoCon: r x (in * k * k) down, 1x1 r -> out up
+        k = module.kernel_size[0] * module.kernel_size[1]
+        return rank * (module.in_channels * k + module.out_channels)
+    i, o = module.in_features, module.out_features
+    if adapter in ("lora", "locon", "lycoris-lora", "lycoris-locon"):
+        return rank * (i + o)                        # B (o x r) A (r x i)
+    if adapter == "dora":
+        return rank * (i + o) + o                    # + magnitude vector
+    if adapter in ("loha", "lycoris-loha"):
+        return 2 * rank * (i + o)                    # two Hadamard-multiplied rank-r pairs
+    if adapter == "ia3":
+        return o                                     # one scale per output feature
+    if adapter in ("lokr", "lycoris-lokr"):
+        (o1, o2), (i1, i2) = _closest_factors(o), _closest_factors(i)
+        w2 = o2 * i2 if rank >= max(o2, i2) / 2 else rank * (o2 + i2)
+        return o1 * i1 + w2                          # w1 (full) kron w2 (full or rank-r)
+    raise AssertionError(f"no formula for {adapter}")
+
+
+def expected_trainable(case, model):
+    part = trained_part(model, case.family)
+    if case.adapter == "none":
+        return sum(p.numel() for p in part.parameters() if p.is_floating_point())
+    adapter = get_adapter(case.adapter)
+    names = target_names(part, adapter.targets(case.family, case.targets))
+    return sum(_module_params(case.adapter, case.rank, part.get_submodule(n)) for n in names)
+
+
+TWINS = list({c.tiny_twin().id: c.tiny_twin() for c in CASES}.values())
+
+
+@pytest.mark.parametrize("case", TWINS, ids=str)
+def test_tiny_twin_trains_only_its_adapter_by_its_formula_and_loss_is_finite(case):
     family = case.family
-    model = build_model(case.model, torch.float32)
-    fill_weights(model)
-    expected = lora_params(family, case.rank, model)
-    model = apply_adapter(model, family, case.adapter, case.rank)
+    model = build_model(case.model, case.quantization, fill=True)
+    expected = expected_trainable(case, model)
+    quantized = get_quantization(case.quantization).bits is not None
+    model = prepare_for_training(model, family, quantized, case.checkpointing, case.attention)
+    model = apply_adapter(model, family, case.adapter, case.rank, case.targets)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
     assert sum(p.numel() for p in trainable.values()) == expected
+    if case.adapter != "none":
+        marker = "lycoris" if case.adapter.startswith("lycoris") else "lora_"
+        markers = {"loha": "hada_", "lokr": "lokr_", "ia3": "ia3_"}
+        marker = markers.get(case.adapter, marker)
+        assert all(marker in n for n in trainable), sorted(trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     grads = {}
     for name, p in trainable.items():
         p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.abs().sum()))
-    optimizer = make_optimizer(model)
-    loss = STEPS[family](model, optimizer, case.batch_size, case.size, "cpu")
+    train_mode(model, trained_part(model, family))
+    optimizer = make_optimizer(model, case.optimizer)
+    loss = STEPS[family](model, optimizer, case.batch_size, case.size, "cpu", case.autocast)
     assert math.isfinite(loss.item())
     assert set(grads) == set(trainable)
     frozen_changed = [n for n, p in model.named_parameters() if not p.requires_grad and not torch.equal(p, before[n])]
@@ -59,10 +97,23 @@ def test_tiny_step_trains_only_adapter_and_loss_is_finite(case):
     assert any(not torch.equal(p, before[n]) for n, p in trainable.items())
 
 
+def test_lycoris_targets_only_the_named_modules_and_its_preset_does_not_leak():
+    from lycoris import LycorisNetwork
+
+    before = (list(LycorisNetwork.TARGET_REPLACE_MODULE), list(LycorisNetwork.TARGET_REPLACE_NAME))
+    model = apply_adapter(build_model("sd15-tiny"), "diffusion", "lycoris-lokr", 4)
+    wrapped = {m.lora_name for m in model.unet.lycoris.loras}
+    names = target_names(model.unet, get_adapter("lycoris-lokr").targets("diffusion", "attention"))
+    assert len(wrapped) == len(names) and all("attn" in n for n in wrapped)
+    assert (LycorisNetwork.TARGET_REPLACE_MODULE, LycorisNetwork.TARGET_REPLACE_NAME) == before
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("model", "gpt-5", "unknown model 'gpt-5'; valid choices: llama-7b"),
-    ("adapter", "lorax", "unknown adapter 'lorax'; valid choices: none, lora"),
-    ("quantization", "int3", "unknown quantization 'int3'; valid choices: fp32, fp16"),
+    ("adapter", "lorax", "unknown adapter 'lorax'; valid choices: none, lora, dora"),
+    ("quantization", "int3", "unknown quantization 'int3'; valid choices: fp32, fp16, nf4-dq"),
+    ("optimizer", "sgd", "unknown optimizer 'sgd'; valid choices: adamw, adamw8bit"),
+    ("targets", "mlp", "no target set 'mlp' for llm models; valid choices: all-linear, attention"),
     ("gpu", "v200", "unknown GPU profile 'v200'"),
 ])
 def test_bad_case_names_the_value_and_choices(field, value, message):
@@ -74,5 +125,6 @@ def test_bad_case_names_the_value_and_choices(field, value, message):
 def test_case_ids_are_readable_and_unique():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids))
-    assert "llama-7b-lora-r8-fp16-bs1-seq512" in ids
-    assert "sd15-lora-r4-fp16-bs1-512px" in ids
+    assert "llama-7b-lora-r8-nf4-dq-bs1-seq512" in ids
+    assert "llama-7b-lora-r8-nf4-dq-gc-paged-adamw8bit-bs1-seq512" in ids
+    assert "sd15-lycoris-locon-r4-fp32-bs1-512px" in ids

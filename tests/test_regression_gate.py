@@ -38,7 +38,7 @@ def test_gate_fails_on_an_injected_regression(tmp_path, growth):
             phase["peak"] = int(phase["peak"] / growth)   # this run now looks `growth` times bigger
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(data))
-    result = run_suite(baseline, "-k", "tiny")
+    result = run_suite(baseline, "-k", "llama-7b-lora-r8-nf4-dq-gc-bs1")
     assert result.returncode == 1, result.stdout[-4000:]
-    assert "REGRESSION llama-tiny-lora-r8-fp32-bs1-seq64: step.peak grew" in result.stdout
+    assert "REGRESSION llama-7b-lora-r8-nf4-dq-gc-bs1-seq512: step.peak grew" in result.stdout
     assert "past *.peak:1%" in result.stdout

@@ -9,6 +9,10 @@ size) and the cuBLAS workspace (allocated through the caching allocator on the f
 product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models off it
 simulates a CPU target: the same bytes as a real CPU run. A simulated OOM is raised at the
 first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
+
+Libraries that resist fake tensors get a shim while the backend runs, one module each:
+:mod:`.bitsandbytes` (quantized parameter classes, code maps), :mod:`.peft` (LoHa/LoKr
+module dropout) and :mod:`.transformers` (packed-sequence detection).
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ from ..profiles import GpuProfile, MiB
 from ..tracker import StorageTracker
 from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
 from .attention import routed_attention
+from .bitsandbytes import fake_quantized_params
+from .peft import host_module_dropout
+from .transformers import unpacked_sequences
 
 GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
          torch.ops.aten.baddbmm.default}
@@ -90,6 +97,9 @@ class SimBackend:
     def start(self) -> None:
         capability = self.profile.compute_capability if self.gpu_models else None
         self.kernels = self._stack.enter_context(routed_attention(capability))
+        self._stack.enter_context(fake_quantized_params())
+        self._stack.enter_context(host_module_dropout())
+        self._stack.enter_context(unpacked_sequences())
         self._stack.enter_context(fake_tensors())
         self._stack.enter_context(self.tracker)
 

@@ -1,0 +1,89 @@
+"""Shim: bitsandbytes' quantized parameters under fake tensors.
+
+bitsandbytes registers fake (meta) kernels for its ops, so 4-bit and 8-bit matmuls, the
+quantizers and the 8-bit optimizers' updates run under FakeTensorMode as they are. Two things
+do not:
+
+- ``Params4bit`` and ``Int8Params`` are ``nn.Parameter`` subclasses made with
+  ``Tensor._make_subclass``, which refuses a FakeTensor ("the raw Tensor object is already
+  associated to a python object of type FakeTensor"). torch's own ``nn.Parameter`` handles a
+  fake tensor by returning it detached and marked ``_is_param``; the shim does the same and
+  sets the subclass's attributes (``quant_state``, ``blocksize``, ``CB``, ``SCB``...) on it,
+  so ``Linear4bit``/``Linear8bitLt`` and peft's bnb layers find what they read. The weight is
+  then a plain tensor, not an instance of the subclass: code that needs its methods calls
+  them unbound.
+- the 8-bit dynamic code maps are computed with ``.tolist()``, which has no value under fake
+  tensors. Double quantization's map is cached module-wide on first use: it is built for real
+  beforehand (1 KiB). The 8-bit optimizers build two maps each at construction: the shim
+  computes them for real and returns a fake copy, which the tracker counts like the device
+  copy the optimizer keeps.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+
+# the subclass attributes, with bitsandbytes' defaults
+_ATTRIBUTES = {
+    "Params4bit": {"quant_state": None, "blocksize": 64, "compress_statistics": True, "quant_type": "fp4",
+                   "quant_storage": torch.uint8, "module": None, "bnb_quantized": False},
+    "Int8Params": {"CB": None, "SCB": None, "has_fp16_weights": False},
+}
+
+
+def build_code_maps() -> None:
+    """Build for real the tables bitsandbytes computes from Python lists on first use."""
+    from bitsandbytes.functional import create_dynamic_map, name2qmap
+
+    if "dynamic" not in name2qmap:
+        name2qmap["dynamic"] = create_dynamic_map()
+
+
+def _fake_aware_new(cls, original_new, defaults: dict):
+    def __new__(cls_, data=None, requires_grad=False, *args, **kwargs):
+        if not isinstance(data, FakeTensor):
+            return original_new(cls_, data, requires_grad, *args, **kwargs)
+        param = data.detach().requires_grad_(requires_grad)
+        param._is_param = True
+        for name, default in defaults.items():
+            setattr(param, name, kwargs.get(name, default))
+        return param
+    return __new__
+
+
+def _fake_aware_map(original):
+    def create_dynamic_map(*args, **kwargs):
+        if detect_fake_mode() is None:
+            return original(*args, **kwargs)
+        with unset_fake_temporarily():
+            table = original(*args, **kwargs)
+        return table.clone()  # under the fake mode: a fake copy, allocated like the device's
+    return create_dynamic_map
+
+
+@contextlib.contextmanager
+def fake_quantized_params() -> Iterator[None]:
+    """While active, bitsandbytes' parameter classes accept fake tensors (see the module doc)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # nothing to shim
+        yield
+        return
+    build_code_maps()
+    classes = [bnb.nn.Params4bit, bnb.nn.Int8Params]
+    originals = {cls: cls.__dict__["__new__"] for cls in classes}
+    create_dynamic_map = bnb.functional.create_dynamic_map
+    try:
+        for cls in classes:
+            new = _fake_aware_new(cls, originals[cls], _ATTRIBUTES[cls.__name__])
+            cls.__new__ = staticmethod(new)
+        bnb.functional.create_dynamic_map = _fake_aware_map(create_dynamic_map)
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.__new__ = original
+        bnb.functional.create_dynamic_map = create_dynamic_map
