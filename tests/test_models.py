@@ -8,7 +8,6 @@ import torch
 from fixtures.adapters import apply_adapter, get_adapter, target_names
 from fixtures.cases import CASES, Case
 from fixtures.models import MODELS, build_model, get_model_spec, trained_part
-from fixtures.quantization import get_quantization
 from fixtures.training import STEPS, make_optimizer, prepare_for_training, train_mode
 
 
@@ -73,15 +72,13 @@ def test_tiny_twin_trains_only_its_adapter_by_its_formula_and_loss_is_finite(cas
     family = case.family
     model = build_model(case.model, case.quantization, fill=True)
     expected = expected_trainable(case, model)
-    quantized = get_quantization(case.quantization).bits is not None
-    model = prepare_for_training(model, family, quantized, case.checkpointing, case.attention)
+    model = prepare_for_training(model, family, case.checkpointing, case.attention)
     model = apply_adapter(model, family, case.adapter, case.rank, case.targets)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert sum(p.numel() for p in trainable.values()) == expected
     if case.adapter != "none":
-        marker = "lycoris" if case.adapter.startswith("lycoris") else "lora_"
-        markers = {"loha": "hada_", "lokr": "lokr_", "ia3": "ia3_"}
-        marker = markers.get(case.adapter, marker)
+        library_prefix = {"loha": "hada_", "lokr": "lokr_", "ia3": "ia3_"}
+        marker = "lycoris" if case.adapter.startswith("lycoris") else library_prefix.get(case.adapter, "lora_")
         assert all(marker in n for n in trainable), sorted(trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     grads = {}

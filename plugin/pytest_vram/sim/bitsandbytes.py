@@ -43,7 +43,7 @@ def build_code_maps() -> None:
         name2qmap["dynamic"] = create_dynamic_map()
 
 
-def _fake_aware_new(cls, original_new, defaults: dict):
+def _fake_aware_new(original_new, defaults: dict):
     def __new__(cls_, data=None, requires_grad=False, *args, **kwargs):
         if not isinstance(data, FakeTensor):
             return original_new(cls_, data, requires_grad, *args, **kwargs)
@@ -79,7 +79,7 @@ def fake_quantized_params() -> Iterator[None]:
     create_dynamic_map = bnb.functional.create_dynamic_map
     try:
         for cls in classes:
-            new = _fake_aware_new(cls, originals[cls], _ATTRIBUTES[cls.__name__])
+            new = _fake_aware_new(originals[cls], _ATTRIBUTES[cls.__name__])
             cls.__new__ = staticmethod(new)
         bnb.functional.create_dynamic_map = _fake_aware_map(create_dynamic_map)
         yield

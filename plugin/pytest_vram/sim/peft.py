@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import random
-import types
 from typing import Iterator
 
 import torch
@@ -21,11 +20,10 @@ import torch
 MODULES = ("peft.tuners.loha.layer", "peft.tuners.lokr.layer")
 
 
-class _HostRandTorch(types.SimpleNamespace):
+class _HostRandTorch:
     """``torch``, except that ``rand(1)`` is a Python float in [0, 1)."""
 
     def __init__(self, seed: int = 0):
-        super().__init__()
         self._random = random.Random(seed)
 
     def __getattr__(self, name):
