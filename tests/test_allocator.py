@@ -49,3 +49,14 @@ def test_oom_only_after_releasing_cached_segments():
     assert a.reserved == 38 * MiB and a.peak_reserved == 38 * MiB
     with pytest.raises(OutOfSimulatedMemory):
         a.malloc(2, 4 * MiB)
+
+
+def test_best_fit_ties_go_to_the_lowest_address_whatever_the_creation_order():
+    a = CachingAllocatorModel(None)
+    for key in range(3):                     # three 12 MiB segments, at 0, 12 and 24 MiB
+        a.malloc(key, 12 * MiB)
+    a.free(2)
+    a.free(0)                                # two equal free segments; the later-freed is lower
+    a.malloc(10, 12 * MiB)
+    seg, offset, _ = a._where[10]
+    assert seg is a.segments[0] and seg.base == 0 and offset == 0

@@ -48,6 +48,10 @@ class CpuBackend:
     def release(self) -> None:
         gc.collect()
 
+    def held_bytes(self, leftovers) -> int:
+        """Memory held before this test starts: what earlier tests left alive."""
+        return leftovers.bytes
+
 
 class CudaBackend(CpuBackend):
     """torch.cuda statistics, reset per phase; NVML for the context the allocator cannot see.
@@ -98,6 +102,10 @@ class CudaBackend(CpuBackend):
     def release(self) -> None:
         gc.collect()
         torch.cuda.empty_cache()
+
+    def held_bytes(self, leftovers) -> int:
+        """Memory held before this test starts: everything allocated on the device."""
+        return torch.cuda.memory_allocated(self.device)
 
     @staticmethod
     def describe_device(device: int = 0) -> dict:

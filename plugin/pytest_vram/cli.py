@@ -3,6 +3,7 @@
     pytest-vram table HISTORY [--breakdown] [--format text|markdown|csv]
     pytest-vram compare OLD NEW [NEW ...] [--format ...] [--fail PHASE.FIELD:LIMIT ...]
     pytest-vram plot HISTORY [HISTORY ...] -o OUT.png
+    pytest-vram merge SHARD [SHARD ...] -o OUT.json
 
 Exit codes: 0 success, 1 a --fail expression tripped, 2 bad input (one clear message).
 """
@@ -17,6 +18,7 @@ from . import report
 from .compare import DELTA_HEADERS, compare, delta_rows, parse_fail_expr
 from .history import load
 from .options import OPTIONS
+from .record import write_json_atomic
 from .tracker import CATEGORIES
 
 FORMATS = ("text", "markdown", "csv")
@@ -65,6 +67,17 @@ def _plot(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    from .merge import merge
+
+    doc, notes = merge(args.shards)
+    for line in notes:
+        print(line, file=sys.stderr)
+    write_json_atomic(args.output, doc)
+    print(f"wrote {args.output}: {len(doc['records'])} records from {len(args.shards)} files")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pytest-vram", description="GPU memory histories of pytest-vram")
     sub = p.add_subparsers(dest="command", required=True)
@@ -84,6 +97,10 @@ def parser() -> argparse.ArgumentParser:
     chart.add_argument("histories", nargs="+")
     chart.add_argument("-o", "--output", required=True, help="PNG file to write")
     chart.set_defaults(run=_plot)
+    join = sub.add_parser("merge", help="join shards' histories (--vram-shard) into one --vram-json file")
+    join.add_argument("shards", nargs="+", help="--vram-json files (or pytest-benchmark JSONs) of disjoint cases")
+    join.add_argument("-o", "--output", required=True, help="the merged --vram-json file to write")
+    join.set_defaults(run=_merge)
     return p
 
 

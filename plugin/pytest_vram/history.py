@@ -4,7 +4,7 @@ the file and what is wrong."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .record import FORMAT, VERSION
@@ -19,6 +19,7 @@ class History:
     path: str
     records: list[dict]
     machine_info: dict
+    order: list[str] = field(default_factory=list)  # --vram-json only: the selection's order
 
     def by_case(self) -> dict[str, dict]:
         return {r["case"]: r for r in self.records}
@@ -43,10 +44,12 @@ def load(path: str | Path) -> History:
                                f"this pytest-vram reads version {VERSION}")
         records = data.get("records")
         machine = data.get("machine_info", {})
+        order = data.get("order", [])
     elif "benchmarks" in data and "machine_info" in data:
         records = [b["extra_info"]["vram"] for b in data["benchmarks"]
                    if isinstance(b.get("extra_info", {}).get("vram"), dict)]
         machine = data["machine_info"].get("vram", {})
+        order = []
     else:
         raise HistoryError(f"{path}: neither a pytest-vram --vram-json file nor a pytest-benchmark "
                            "JSON (no 'format' or 'benchmarks' key)")
@@ -55,4 +58,6 @@ def load(path: str | Path) -> History:
         raise HistoryError(f"{path}: malformed records (each needs 'case' and 'phases')")
     if not records:
         raise HistoryError(f"{path}: holds no memory records")
-    return History(str(path), records, machine)
+    if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+        raise HistoryError(f"{path}: malformed 'order' (a list of test ids)")
+    return History(str(path), records, machine, order)

@@ -3,11 +3,10 @@
 Each phase records, in integer bytes: ``allocated`` at its end, ``peak`` allocated during it,
 ``reserved`` peak (None where the backend has no caching allocator) and a ``breakdown`` of the
 peak by category. An out-of-memory error inside a phase is recorded as OOM at that phase and
-turned into :class:`PhaseOOM`, whose traceback no longer holds the phase's tensors.
+turned into :class:`PhaseOOM`; no traceback left behind holds the phase's tensors.
 """
 from __future__ import annotations
 
-import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -43,6 +42,24 @@ class PhaseOOM(Exception):
     """An out-of-memory error happened inside a phase (its memory has been let go)."""
 
 
+def forget_tracebacks(exc: BaseException | None) -> None:
+    """Drop the tracebacks of ``exc`` and of every exception it was raised from or during.
+
+    Clearing a frame's locals is not enough: a finished frame keeps its caller (``f_back``)
+    and, since Python 3.11, its function, whose closure (pytest-benchmark's runner) may hold
+    the model. And ``raise ... from None`` keeps ``__context__``: the exception that was being
+    handled, with its own traceback, stays reachable from the new one.
+    """
+    pending, seen = [exc], set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        pending += [exc.__cause__, exc.__context__]
+
+
 class Meter:
     """The ``vram`` fixture's value."""
 
@@ -54,6 +71,7 @@ class Meter:
         self.phases: dict[str, PhaseResult] = {}
         self.oom_phase: str | None = None
         self.trainable_params: int | None = None
+        self.baseline_bytes: int | None = None  # held on the device when the test started
 
     @property
     def backend(self) -> str:
@@ -74,15 +92,17 @@ class Meter:
         if name in self.phases:
             raise ValueError(f"phase {name!r} was already measured; phases so far: {list(self.phases)}")
         self._backend.begin_phase()
+        oom = None
         try:
             yield
         except torch.OutOfMemoryError as exc:
             self.phases[name] = self._backend.end_phase(name, oom=True)
             self.oom_phase = name
-            message = f"out of memory in phase {name!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            traceback.clear_frames(exc.__traceback__)
+            oom = f"out of memory in phase {name!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            forget_tracebacks(exc)
             del exc
-            raise PhaseOOM(message) from None
+        if oom is not None:
+            raise PhaseOOM(oom)
         self.phases[name] = self._backend.end_phase(name, oom=False)
 
     def track(self, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> None:

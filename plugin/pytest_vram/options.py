@@ -16,6 +16,7 @@ class Option:
     help: str
     default: str | None = None
     multiple: bool = False
+    switch: bool = False  # a flag without a value
 
     @property
     def ini(self) -> str:
@@ -31,6 +32,16 @@ OPTIONS = (
            "(NNNN) or 'latest'"),
     Option("--vram-compare-fail", "fail the session when a case regresses past EXPR, e.g. "
            "step.peak:5% or creation.allocated:256MiB (repeatable)", multiple=True),
+    Option("--vram-isolate", "run each case (each test using the vram fixture) in a fresh spawned "
+           "process: its own peak, allocator and CUDA context; a crash fails only that case", switch=True),
+    Option("--vram-shard", "run shard I of N (I/N, 1 <= I <= N): every Nth selected test in "
+           "collection order; join the shards' --vram-json files with 'pytest-vram merge'"),
+    Option("--vram-busy", "what to do when the GPU already holds more than --vram-busy-limit of "
+           "other processes' memory at start: warn|refuse|ignore", "warn"),
+    Option("--vram-busy-limit", "other processes' memory on the GPU tolerated at start (a size "
+           "with its unit)", "512MiB"),
+    Option("--vram-isolated-child", "internal: set by --vram-isolate on the child process it "
+           "spawns; the child writes its test reports to PATH"),
 )
 
 
@@ -40,6 +51,9 @@ def add_to_pytest(parser) -> None:
         if opt.multiple:
             group.addoption(opt.flag, action="append", default=None, help=opt.help)
             parser.addini(opt.ini, opt.help, type="linelist", default=[])
+        elif opt.switch:
+            group.addoption(opt.flag, action="store_true", default=None, help=f"{opt.help} [ini: {opt.ini}]")
+            parser.addini(opt.ini, opt.help, type="bool", default=False)
         else:
             group.addoption(opt.flag, default=None, help=f"{opt.help} [ini: {opt.ini}]")
             parser.addini(opt.ini, opt.help, default=opt.default or "")
@@ -53,4 +67,6 @@ def get(config, flag: str):
         value = config.getini(opt.ini)
     if opt.multiple:
         return list(value or [])
+    if opt.switch:
+        return bool(value)
     return value or opt.default

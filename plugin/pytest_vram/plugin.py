@@ -1,51 +1,20 @@
 """The pytest plugin: the ``vram`` fixture, GPU-profile markers, budget checks, records,
-report header and summary table. It knows no particular model."""
+report header and summary table; xdist workers pinned to GPUs, isolated cases, shards. It
+knows no particular model."""
 from __future__ import annotations
 
+import gc
+import os
 import traceback
 
 import pytest
 
-from . import options, record, report
+from . import isolate, options, record, report, workers
 from .backends import make_backend, resolve_backend_name
 from .meter import Meter, PhaseOOM
-from .profiles import PROFILES, GpuProfile, get_profile
+from .profiles import PROFILES, GpuProfile
+from .session import VramSession
 from .sizes import format_bytes, parse_size
-
-
-class VramSession:
-    def __init__(self, config):
-        try:
-            self.backend = resolve_backend_name(options.get(config, "--vram-backend"))
-            gpu = options.get(config, "--vram-gpu")
-            self.default_profile = get_profile(gpu) if gpu else None
-        except ValueError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        self.json_path = options.get(config, "--vram-json")
-        self.records: list[dict] = []
-        self.gate = None
-        compare_with = options.get(config, "--vram-compare")
-        fail_exprs = options.get(config, "--vram-compare-fail")
-        if fail_exprs and not compare_with:
-            raise pytest.UsageError("--vram-compare-fail needs --vram-compare PATH|NNNN|latest")
-        if compare_with:
-            from .gate import Gate
-
-            storage = config.getoption("benchmark_storage", None) if config.pluginmanager.hasplugin("benchmark") else None
-            try:
-                self.gate = Gate(compare_with, fail_exprs, storage)
-            except ValueError as exc:  # a bad expression, or a HistoryError
-                raise pytest.UsageError(f"--vram-compare: {exc}") from None
-
-    def describe(self) -> dict:
-        info = {"backend": self.backend, "libraries": record.library_versions()}
-        if self.backend == "cuda":
-            from .backends import CudaBackend
-
-            info.update(CudaBackend.describe_device())
-        if self.default_profile:
-            info["gpu_profile"] = self.default_profile.name
-        return info
 
 
 STATE = pytest.StashKey[VramSession]()
@@ -54,6 +23,21 @@ METER = pytest.StashKey[Meter]()
 
 def pytest_addoption(parser):
     options.add_to_pytest(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """Pin an xdist worker to its GPU before any conftest or library can start CUDA."""
+    workers.pin(os.environ, workers.gpu_count_before_cuda)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    try:
+        backend = resolve_backend_name(options.get(config, "--vram-backend"))
+    except ValueError:
+        return None  # pytest_configure says what is wrong with it
+    return workers.auto_workers(backend, os.environ)
 
 
 def pytest_configure(config):
@@ -66,6 +50,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "expect_oom: the case is known not to fit its budget; it fails if it fits")
     config.stash[STATE] = VramSession(config)
+    config.pluginmanager.register(config.stash[STATE], "vram-session")  # gathers the records
     if config.pluginmanager.hasplugin("benchmark"):
         from . import benchmark_hooks
 
@@ -82,16 +67,37 @@ def budget_for(item, default: GpuProfile | None) -> tuple[GpuProfile | None, int
     return profile, profile.total_bytes if profile else None
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
     for item in items:
         try:
             budget_for(item, None)
         except (ValueError, TypeError) as exc:
             raise pytest.UsageError(f"{item.nodeid}: vram_budget: {exc}") from None
+    state = config.stash[STATE]
+    state.order = [item.nodeid for item in items]
+    if state.shard:
+        items[:], dropped = state.shard.select(items)
+        config.hook.pytest_deselected(items=dropped)
 
 
 def pytest_report_header(config):
     state = config.stash[STATE]
+    lines = [_device_line(state)]
+    if state.shard:
+        lines.append(f"vram: shard {state.shard} (every {state.shard.count}th selected test)")
+    if state.isolate:
+        lines.append("vram: --vram-isolate: each case runs in a fresh spawned process")
+    if workers.distributing(config):
+        if config.pluginmanager.hasplugin("benchmark"):
+            lines.append(f"vram: {workers.BENCHMARK_OFF}")
+        sharing = workers.sharing_warning(state.backend, len(config.getoption("tx")), os.environ)
+        if sharing:
+            lines.append(f"vram: WARNING {sharing}")
+    return lines
+
+
+def _device_line(state) -> str:
     line = f"vram: backend={state.backend}"
     if state.backend == "cuda":
         from .backends import CudaBackend
@@ -104,6 +110,19 @@ def pytest_report_header(config):
     return line
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """--vram-isolate: run a case in its own process and replay its reports here."""
+    state = item.config.stash[STATE]
+    if not state.isolate or "vram" not in getattr(item, "fixturenames", ()):
+        return None
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for rep in isolate.run_item(item, state.child_args()):
+        item.ihook.pytest_runtest_logreport(report=rep)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
 @pytest.fixture
 def vram(request):
     """Measure GPU memory over named phases: ``with vram.phase("step"): ...``."""
@@ -112,11 +131,14 @@ def vram(request):
     backend = make_backend(state.backend, profile, budget)
     meter = Meter(backend, profile, budget)
     request.node.stash[METER] = meter
+    gc.collect()
+    meter.baseline_bytes = backend.held_bytes(state.leftovers)
     backend.start()
     try:
         yield meter
     finally:
         backend.stop()
+        state.leftovers.keep(backend.tracker)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -175,8 +197,7 @@ def _record(item, meter: Meter, expect_oom: bool) -> None:
     callspec = getattr(item, "callspec", None)
     params = dict(callspec.params) if callspec is not None else {}
     rec = record.make_record(case_name(item), item.nodeid, meter, params, expect_oom)
-    item.config.stash[STATE].records.append(rec)
-    item.user_properties.append(("vram", rec))
+    item.user_properties.append(("vram", rec))  # pytest_runtest_logreport gathers it
     benchmark = getattr(item, "funcargs", {}).get("benchmark")
     if benchmark is not None:
         benchmark.extra_info["vram"] = rec  # mutate extra_info: pytest-benchmark keeps it by reference
@@ -186,20 +207,35 @@ def pytest_terminal_summary(terminalreporter, config):
     state = config.stash.get(STATE, None)
     if state and state.records:
         terminalreporter.write_sep("=", f"GPU memory ({state.backend} backend)")
-        terminalreporter.write_line(report.table(state.records))
+        terminalreporter.write_line(report.table(state.ordered_records()))
     if state and state.gate and state.gate.comparison:
         terminalreporter.write_sep("=", "GPU memory compared")
         terminalreporter.write_line(state.gate.summary())
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: keep what each worker said of its device (and its selection's order)."""
+    state = node.config.stash[STATE]
+    out = getattr(node, "workeroutput", {}).get("vram")
+    if out:
+        state.workers[node.gateway.id] = out["machine"]
+        state.order = state.order or out["order"]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
-    state = session.config.stash.get(STATE, None)
+    config = session.config
+    state = config.stash.get(STATE, None)
+    if state and not workers.is_controller(config):
+        config.workeroutput["vram"] = {"machine": state.describe(), "order": state.order}
+        return
     if state and state.records:
         machine = state.describe()
+        records = state.ordered_records()
         if state.json_path:
-            record.write_json_atomic(state.json_path, record.vram_json(state.records, machine))
+            record.write_json_atomic(state.json_path, record.vram_json(records, machine, state.order))
         if state.gate:
-            state.gate.run(state.records, machine)
+            state.gate.run(records, machine)
             if state.gate.regressions and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,8 +1,8 @@
 """The record of one measured test, and the files that hold records.
 
 A record (in ``benchmark.extra_info["vram"]`` and in ``--vram-json``) holds, in integer bytes:
-backend, gpu, budget_bytes, fits, oom_phase, status, trainable_params, the case's parameters,
-and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
+backend, gpu, budget_bytes, fits, oom_phase, status, trainable_params, baseline_bytes (memory
+held when the test started: left by earlier tests), the case's parameters, and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
 Files are written to a temporary file and renamed, so none is ever half-written.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -
         "expect_oom": expect_oom,
         "trainable_params": meter.trainable_params,
         "peak_total_bytes": meter.peak_total,
+        "baseline_bytes": meter.baseline_bytes,
         "phases": {name: phase.to_dict() for name, phase in meter.phases.items()},
         "params": {key: jsonable(value) for key, value in params.items()},
     }
@@ -80,6 +81,8 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
         raise
 
 
-def vram_json(records: list[dict], machine_info: dict) -> dict:
-    """The document ``--vram-json`` writes."""
-    return {"format": FORMAT, "version": VERSION, "machine_info": machine_info, "records": records}
+def vram_json(records: list[dict], machine_info: dict, order: list[str] | None = None) -> dict:
+    """The document ``--vram-json`` writes. ``order``: the session's selected tests in collection
+    order (before ``--vram-shard``), which ``pytest-vram merge`` restores across shards."""
+    doc = {"format": FORMAT, "version": VERSION, "machine_info": machine_info, "records": records}
+    return doc | ({"order": order} if order else {})

@@ -117,3 +117,22 @@ class StorageTracker(TorchDispatchMode):
 
     def breakdown_now(self) -> dict[str, int]:
         return self._by_category(self._sizes)
+
+    def live_storages(self) -> list[tuple[object, int]]:
+        """(storage, bytes) of every counted storage still alive."""
+        return [(storage, self._sizes[key]) for storage, key in list(self._keys.items()) if key in self._sizes]
+
+
+class Leftovers:
+    """Storages that finished tests left alive (weakly held): what the next test starts with,
+    for backends without a device-wide counter (cpu, sim)."""
+
+    def __init__(self):
+        self._storages: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def keep(self, tracker: StorageTracker) -> None:
+        self._storages.update(tracker.live_storages())
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._storages.values())

@@ -5,7 +5,9 @@ predict reserved memory and where an allocation would run out of memory.
 - Requests up to 1 MiB come from the small pool, carved out of 2 MiB segments; larger ones
   from the large pool: a 20 MiB segment for requests under 10 MiB, else the request rounded up
   to 2 MiB.
-- A free cached block is reused best-fit within its pool; a block is split when the remainder
+- A free cached block is reused best-fit within its pool, the lowest address first among
+  blocks of one size (segments get increasing simulated addresses, so the choice never
+  depends on where Python put an object); a block is split when the remainder
   is at least 512 bytes (small pool) or over 1 MiB (large pool); freed blocks merge with free
   neighbours in their segment.
 - When a new segment would pass the device limit, the cached free segments are released
@@ -37,10 +39,11 @@ def segment_size(size: int) -> int:
     return -(-size // ROUND_LARGE) * ROUND_LARGE
 
 
-@dataclass
+@dataclass(eq=False)
 class _Segment:
     size: int
     small: bool
+    base: int  # simulated device address
     blocks: list = field(default_factory=list)  # [offset, size, free] sorted by offset
 
 
@@ -58,8 +61,9 @@ class CachingAllocatorModel:
         self.peak_reserved = 0
         self.allocated = 0          # bytes in blocks handed out (rounded, unsplit remainders included)
         self.peak_allocated = 0
-        self._free: dict[bool, list] = {True: [], False: []}  # pool -> sorted [(size, id, seg, offset)]
-        self._where: dict[int, tuple[_Segment, int]] = {}
+        self._free: dict[bool, list] = {True: [], False: []}  # pool -> sorted [(size, address, seg)]
+        self._where: dict[int, tuple[_Segment, int, int]] = {}
+        self._next_address = 0
 
     def reset_peak(self) -> None:
         self.peak_reserved = self.reserved
@@ -75,7 +79,8 @@ class CachingAllocatorModel:
                 self.empty_cache()
                 if self.reserved + seg_size > self.limit:
                     raise OutOfSimulatedMemory(size, self.reserved, self.limit)
-            seg = _Segment(seg_size, small, [[0, seg_size, True]])
+            seg = _Segment(seg_size, small, self._next_address, [[0, seg_size, True]])
+            self._next_address += seg_size
             self.segments.append(seg)
             self.reserved += seg_size
             self.peak_reserved = max(self.peak_reserved, self.reserved)
@@ -103,7 +108,7 @@ class CachingAllocatorModel:
                 left[1] += right[1]
         merged = next(b for b in seg.blocks if b[0] <= offset < b[0] + b[1])
         self._unlist(seg, merged)
-        bisect.insort(self._free[seg.small], (merged[1], id(seg), merged[0], seg))
+        self._list(seg, merged)
 
     def empty_cache(self) -> None:
         keep = []
@@ -118,19 +123,20 @@ class CachingAllocatorModel:
     # -- internals ------------------------------------------------------------------------
     def _take_free(self, small: bool, size: int):
         pool = self._free[small]
-        i = bisect.bisect_left(pool, (size, -1, -1))
+        i = bisect.bisect_left(pool, (size, -1))
         if i == len(pool):
             return None
-        _, _, offset, seg = pool.pop(i)
-        return seg, offset
+        _, address, seg = pool.pop(i)
+        return seg, address - seg.base
+
+    def _list(self, seg: _Segment, block) -> None:
+        bisect.insort(self._free[seg.small], (block[1], seg.base + block[0], seg), key=lambda e: e[:2])
 
     def _unlist(self, seg: _Segment, block) -> None:
         pool = self._free[seg.small]
-        entry = (block[1], id(seg), block[0], seg)
-        i = bisect.bisect_left(pool, entry[:3])
-        while i < len(pool) and pool[i][:3] != entry[:3]:
-            i += 1
-        if i < len(pool):
+        entry = (block[1], seg.base + block[0])
+        i = bisect.bisect_left(pool, entry, key=lambda e: e[:2])
+        if i < len(pool) and pool[i][:2] == entry:
             pool.pop(i)
 
     def _split(self, seg: _Segment, offset: int, size: int) -> int:
@@ -145,5 +151,5 @@ class CachingAllocatorModel:
             block[1] = size
             rest = [offset + size, remaining, True]
             seg.blocks.insert(index + 1, rest)
-            bisect.insort(self._free[seg.small], (remaining, id(seg), rest[0], seg))
+            self._list(seg, rest)
         return block[1]

@@ -147,3 +147,8 @@ class SimBackend:
         gc.collect()
         if self.allocator is not None:
             self.allocator.empty_cache()
+
+    def held_bytes(self, leftovers) -> int:
+        """Memory held before this test starts: what earlier tests left alive (not charged to
+        this test's simulated device, which starts empty)."""
+        return leftovers.bytes
