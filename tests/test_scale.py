@@ -237,3 +237,34 @@ def test_bad_busy_options_get_one_clear_error(pytester, args, message):
     result = run(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+class _Proc:
+    def __init__(self, pid, used):
+        self.pid, self.usedGpuMemory = pid, used
+
+
+def _fake_nvml(procs, used_total):
+    import types
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByUUID=lambda uuid: "handle",
+        nvmlDeviceGetHandleByIndex=lambda index: "handle",
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: procs,
+        nvmlDeviceGetGraphicsRunningProcesses=lambda handle: [],
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=used_total))
+    return fake
+
+
+@pytest.mark.parametrize("procs, used_total, foreign", [
+    ([_Proc(1, 100), _Proc(2, 3 * MiB), _Proc(3, 5 * MiB)], 0, 8 * MiB),   # NVML names them
+    ([_Proc(1, 100), _Proc(2, None)], 9 * MiB, 9 * MiB - 100),              # it cannot: used less ours
+])
+def test_other_processes_memory_is_read_from_nvml(monkeypatch, procs, used_total, foreign):
+    import sys
+
+    from pytest_vram import nvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(procs, used_total))
+    assert nvml.foreign_used_bytes(0, pid=1) == foreign
