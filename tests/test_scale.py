@@ -7,6 +7,8 @@ from fnmatch import fnmatch
 
 import pytest
 
+from test_compare import history, rec
+
 from pytest_vram import workers
 from pytest_vram.cli import main as cli
 from pytest_vram.session import busy_problem
@@ -198,10 +200,7 @@ def test_malformed_shard_is_one_usage_error(pytester, bad):
 
 
 def _history(path, cases, backend="sim"):
-    recs = [{"case": c, "test": f"t::{c}", "phases": {}} for c in cases]
-    path.write_text(json.dumps({"format": "pytest-vram", "version": 1, "records": recs,
-                                "machine_info": {"backend": backend}}))
-    return str(path)
+    return str(history(path, [rec(c, 1) for c in cases], {"backend": backend}))
 
 
 @pytest.mark.parametrize("second, message", [
@@ -268,3 +267,12 @@ def test_other_processes_memory_is_read_from_nvml(monkeypatch, procs, used_total
 
     monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(procs, used_total))
     assert nvml.foreign_used_bytes(0, pid=1) == foreign
+
+
+def test_isolated_child_gets_the_parents_plugin_ini_and_warning_options_only():
+    from pytest_vram.isolate import carried_args
+
+    args = ["-p", "no:x", "-q", "-pfoo", "-o", "a=1", "--import-mode=importlib", "-k", "p",
+            "--confcutdir", "d", "tests", "-W", "error"]
+    assert carried_args(args) == ["-p", "no:x", "-pfoo", "-o", "a=1", "--import-mode=importlib",
+                                  "--confcutdir", "d", "-W", "error"]

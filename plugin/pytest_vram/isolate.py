@@ -29,17 +29,13 @@ CARRIED = ("-p", "-o", "--override-ini", "-W", "--pythonwarnings", "--import-mod
 
 
 def carried_args(args: list[str]) -> list[str]:
-    out, args = [], list(args)
-    while args:
-        arg = args.pop(0)
-        for opt in CARRIED:
-            if arg == opt and args:
-                out += [arg, args.pop(0)]
-            elif arg.startswith(opt + "=") or (len(opt) == 2 and arg.startswith(opt) and len(arg) > 2):
-                out.append(arg)
-            else:
-                continue
-            break
+    """The CARRIED options among ``args``, each with its value (``-p X``, ``-pX``, ``--opt=X``)."""
+    out, value_next = [], False
+    for arg in args:
+        if value_next or any(arg == o or arg.startswith(o + "=") or (len(o) == 2 and arg.startswith(o))
+                             for o in CARRIED):
+            out.append(arg)
+            value_next = not value_next and arg in CARRIED
     return out
 
 

@@ -8,7 +8,7 @@ history), and any file :func:`history.load` refuses. The output is written atomi
 from __future__ import annotations
 
 from .history import History, HistoryError, load
-from .record import vram_json
+from .record import in_order, vram_json
 
 MUST_AGREE = ("backend", "gpu_profile", "gpu_name", "libraries")
 
@@ -32,10 +32,8 @@ def merge(paths: list[str]) -> tuple[dict, list[str]]:
             seen[rec["case"]] = history.path
             records.append(rec)
     order, notes = _common_order(histories)
-    position = {nodeid: i for i, nodeid in enumerate(order)}
-    records.sort(key=lambda r: position.get(r.get("test"), len(position)))
     machine = dict(first.machine_info) | {"merged_from": [h.path for h in histories]}
-    return vram_json(records, machine, order), notes
+    return vram_json(in_order(records, order), machine, order), notes
 
 
 def _common_order(histories: list[History]) -> tuple[list[str], list[str]]:

@@ -28,7 +28,7 @@ def pytest_addoption(parser):
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config, parser, args):
     """Pin an xdist worker to its GPU before any conftest or library can start CUDA."""
-    workers.pin(os.environ, workers.gpu_count_before_cuda)
+    workers.pin(os.environ)
 
 
 @pytest.hookimpl(optionalhook=True)

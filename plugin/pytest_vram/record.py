@@ -81,6 +81,12 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
         raise
 
 
+def in_order(records: list[dict], order: list[str]) -> list[dict]:
+    """``records`` sorted by their test's place in ``order`` (test ids); others last, as they were."""
+    position = {nodeid: i for i, nodeid in enumerate(order)}
+    return sorted(records, key=lambda r: position.get(r.get("test"), len(position)))
+
+
 def vram_json(records: list[dict], machine_info: dict, order: list[str] | None = None) -> dict:
     """The document ``--vram-json`` writes. ``order``: the session's selected tests in collection
     order (before ``--vram-shard``), which ``pytest-vram merge`` restores across shards."""

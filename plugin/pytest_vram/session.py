@@ -94,8 +94,7 @@ class VramSession:
 
     def ordered_records(self) -> list[dict]:
         """Records in collection order, whatever order they finished in (xdist)."""
-        position = {nodeid: i for i, nodeid in enumerate(self.order)}
-        return sorted(self.records, key=lambda r: position.get(r["test"], len(position)))
+        return record.in_order(self.records, self.order)
 
 
 def busy_problem(foreign_bytes: int | None, limit: int) -> str | None:

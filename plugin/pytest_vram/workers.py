@@ -11,19 +11,11 @@ its device comes back through xdist's worker output.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, MutableMapping
 
 WORKER = "PYTEST_XDIST_WORKER"
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 PINNED_FROM = "PYTEST_VRAM_VISIBLE_BEFORE_PIN"
-
-
-def worker_id(config=None) -> str | None:
-    """The xdist worker's id ("gw0"), or None in the controller or without xdist."""
-    if config is not None and hasattr(config, "workerinput"):
-        return config.workerinput["workerid"]
-    return os.environ.get(WORKER)
 
 
 def is_controller(config) -> bool:
@@ -35,21 +27,28 @@ def distributing(config) -> bool:
     return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
 
 
-def visible_gpus(environ: MutableMapping[str, str], count: int | None) -> list[str]:
-    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else 0..count-1."""
+def gpu_count_before_cuda() -> int:
+    """GPUs on the machine, counted without starting CUDA in this process (NVML, else 0)."""
+    from . import nvml
+
+    return nvml.device_count() or 0
+
+
+def visible_gpus(environ: MutableMapping[str, str], gpu_count: Callable[[], int] = gpu_count_before_cuda) -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else 0..gpu_count()-1
+    (``gpu_count`` is asked only when the variable is unset)."""
     if VISIBLE in environ:
         return [d.strip() for d in environ[VISIBLE].split(",") if d.strip()]
-    return [str(i) for i in range(count or 0)]
+    return [str(i) for i in range(gpu_count())]
 
 
-def pin(environ: MutableMapping[str, str], gpu_count: Callable[[], int]) -> str | None:
-    """In worker gwK, narrow ``CUDA_VISIBLE_DEVICES`` to the K-th visible GPU (``gpu_count``
-    is asked only when the variable is unset). Returns it, or None outside a worker or without
-    a GPU. Pinning twice keeps the first choice."""
+def pin(environ: MutableMapping[str, str], gpu_count: Callable[[], int] = gpu_count_before_cuda) -> str | None:
+    """In worker gwK, narrow ``CUDA_VISIBLE_DEVICES`` to the K-th visible GPU. Returns it, or
+    None outside a worker or without a GPU. Pinning twice keeps the first choice."""
     worker = environ.get(WORKER)
     if not worker or PINNED_FROM in environ:
         return environ.get(VISIBLE) if worker else None
-    gpus = visible_gpus(environ, None if VISIBLE in environ else gpu_count())
+    gpus = visible_gpus(environ, gpu_count)
     if not gpus:
         return None
     environ[PINNED_FROM] = environ.get(VISIBLE, "")
@@ -57,26 +56,19 @@ def pin(environ: MutableMapping[str, str], gpu_count: Callable[[], int]) -> str 
     return environ[VISIBLE]
 
 
-def gpu_count_before_cuda() -> int:
-    """Visible GPUs, counted without starting CUDA in this process (NVML, else 0)."""
-    from . import nvml
-
-    return nvml.device_count() or 0
-
-
 def auto_workers(backend: str, environ: MutableMapping[str, str]) -> int | None:
     """``-n auto``: one worker per visible GPU with the cuda backend; None (xdist's default,
     one per CPU core) otherwise, or where PYTEST_XDIST_AUTO_NUM_WORKERS says how many."""
     if backend != "cuda" or environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    return len(visible_gpus(environ, gpu_count_before_cuda())) or None
+    return len(visible_gpus(environ)) or None
 
 
 def sharing_warning(backend: str, workers: int, environ: MutableMapping[str, str]) -> str | None:
     """A warning when more workers than GPUs would share GPUs (and each other's memory)."""
     if backend != "cuda":
         return None
-    gpus = len(visible_gpus(environ, gpu_count_before_cuda()))
+    gpus = len(visible_gpus(environ))
     if gpus and workers > gpus:
         return (f"{workers} xdist workers on {gpus} GPU(s): workers share GPUs, so a case can run "
                 f"out of memory because of another; use -n {gpus} (or -n auto)")
