@@ -13,9 +13,9 @@ import torch
 from . import nvml
 from .meter import PhaseResult
 from .profiles import GpuProfile
+from .schema import BACKENDS  # noqa: F401  (re-exported)
 from .tracker import StorageTracker
 
-BACKENDS = ("auto", "cuda", "sim", "cpu")
 
 
 class CpuBackend:

@@ -19,7 +19,7 @@ from .compare import DELTA_HEADERS, compare, delta_rows, parse_fail_expr
 from .history import load
 from .options import OPTIONS
 from .record import write_json_atomic
-from .tracker import CATEGORIES
+from .schema import CATEGORIES
 
 FORMATS = ("text", "markdown", "csv")
 

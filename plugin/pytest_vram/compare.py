@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from .sizes import format_bytes, parse_size
-from .tracker import CATEGORIES
+from .schema import CATEGORIES
 
 FIELDS = ("allocated", "peak", "reserved", "context", "total") + CATEGORIES
 _EXPR = re.compile(r"^(?P<phase>[\w*-]+)\.(?P<field>\w+):(?P<limit>.+)$")

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .record import FORMAT, VERSION
+from .schema import FORMAT, VERSION
 
 
 class HistoryError(ValueError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backends import BACKENDS
+from .schema import BACKENDS
 
 
 @dataclass(frozen=True)

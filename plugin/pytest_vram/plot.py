@@ -9,7 +9,7 @@ from __future__ import annotations
 from .history import History
 from .report import first_last
 from .sizes import UNITS
-from .tracker import CATEGORIES
+from .schema import CATEGORIES
 
 GiB = UNITS["GiB"]
 

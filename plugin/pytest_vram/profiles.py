@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MiB = 2**20
-GiB = 2**30
+from .sizes import GiB, MiB
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-FORMAT = "pytest-vram"
-VERSION = 1
+from .schema import FORMAT, VERSION
+
 LIBRARIES = ("torch", "transformers", "diffusers", "peft", "bitsandbytes", "lycoris-lora",
              "pytest", "pytest-benchmark", "nvidia-ml-py")
 

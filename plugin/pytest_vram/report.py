@@ -8,7 +8,7 @@ no caching allocator) plus the CUDA context. Sizes are shown in GiB, with the un
 from __future__ import annotations
 
 from .sizes import format_bytes
-from .tracker import CATEGORIES
+from .schema import CATEGORIES
 
 HEADERS = ("case", "after creation", "peak in step", "% of budget", "trainable params", "status")
 

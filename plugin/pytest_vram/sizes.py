@@ -12,6 +12,7 @@ UNITS: dict[str, int] = {
     "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
     "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
 }
+KiB, MiB, GiB = UNITS["KiB"], UNITS["MiB"], UNITS["GiB"]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
 
 

@@ -19,11 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-CATEGORIES = (
-    "frozen_weights", "quantized_weights", "trainable_params",
-    "gradients", "optimizer_state", "activations",
-)
-DEFAULT_CATEGORY = "activations"
+from .schema import CATEGORIES, DEFAULT_CATEGORY
 
 
 class StorageTracker(TorchDispatchMode):

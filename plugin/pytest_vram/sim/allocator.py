@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-KiB, MiB = 2**10, 2**20
+from ..sizes import MiB
 MIN_BLOCK = 512
 SMALL_SIZE = 1 * MiB
 SMALL_BUFFER = 2 * MiB

@@ -23,7 +23,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..meter import PhaseResult
-from ..profiles import GpuProfile, MiB
+from ..profiles import GpuProfile
+from ..sizes import MiB
 from ..tracker import StorageTracker
 from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
 from .attention import routed_attention
