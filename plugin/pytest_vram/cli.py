@@ -16,9 +16,8 @@ import sys
 
 from . import report
 from .compare import DELTA_HEADERS, compare, delta_rows, parse_fail_expr
-from .history import load
 from .options import OPTIONS
-from .record import write_json_atomic
+from .history import load, write_json_atomic
 from .schema import CATEGORIES
 
 FORMATS = ("text", "markdown", "csv")
@@ -91,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("new", nargs="+", help="histories to compare with it")
     comp.add_argument("--format", choices=FORMATS, default="text")
     fail = next(o for o in OPTIONS if o.flag == "--vram-compare-fail")
-    comp.add_argument("--fail", action="append", help=fail.help)
+    comp.add_argument("--fail", action="append", help=fail.argparse_help)
     comp.set_defaults(run=_compare)
     chart = sub.add_parser("plot", help="PNG chart: one history's cases, or a trend across histories")
     chart.add_argument("histories", nargs="+")

@@ -1,9 +1,12 @@
-"""Reading saved histories: a ``--vram-json`` file or a pytest-benchmark JSON whose
+"""Saved histories, read and written. Reading: a ``--vram-json`` file or a pytest-benchmark JSON whose
 benchmarks carry ``extra_info["vram"]``. Bad files get one clear :class:`HistoryError` naming
-the file and what is wrong."""
+the file and what is wrong. Writing goes to a temporary file and a rename, so no file is
+ever half-written."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,3 +64,30 @@ def load(path: str | Path) -> History:
     if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
         raise HistoryError(f"{path}: malformed 'order' (a list of test ids)")
     return History(str(path), records, machine, order)
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+def in_order(records: list[dict], order: list[str]) -> list[dict]:
+    """``records`` sorted by their test's place in ``order`` (test ids); others last, as they were."""
+    position = {nodeid: i for i, nodeid in enumerate(order)}
+    return sorted(records, key=lambda r: position.get(r.get("test"), len(position)))
+
+def vram_json(records: list[dict], machine_info: dict, order: list[str] | None = None) -> dict:
+    """The document ``--vram-json`` writes. ``order``: the session's selected tests in collection
+    order (before ``--vram-shard``), which ``pytest-vram merge`` restores across shards."""
+    doc = {"format": FORMAT, "version": VERSION, "machine_info": machine_info, "records": records}
+    return doc | ({"order": order} if order else {})
+

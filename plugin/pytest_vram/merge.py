@@ -7,8 +7,7 @@ history), and any file :func:`history.load` refuses. The output is written atomi
 """
 from __future__ import annotations
 
-from .history import History, HistoryError, load
-from .record import in_order, vram_json
+from .history import History, HistoryError, in_order, load, vram_json
 
 MUST_AGREE = ("backend", "gpu_profile", "gpu_name", "libraries")
 

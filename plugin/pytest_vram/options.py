@@ -19,6 +19,11 @@ class Option:
     switch: bool = False  # a flag without a value
 
     @property
+    def argparse_help(self) -> str:
+        """The help text as argparse wants it: a literal '%' doubled (argparse %-formats help)."""
+        return self.help.replace("%", "%%")
+
+    @property
     def ini(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
 
@@ -49,13 +54,13 @@ def add_to_pytest(parser) -> None:
     group = parser.getgroup("vram", "GPU memory (pytest-vram)")
     for opt in OPTIONS:
         if opt.multiple:
-            group.addoption(opt.flag, action="append", default=None, help=opt.help)
+            group.addoption(opt.flag, action="append", default=None, help=opt.argparse_help)
             parser.addini(opt.ini, opt.help, type="linelist", default=[])
         elif opt.switch:
-            group.addoption(opt.flag, action="store_true", default=None, help=f"{opt.help} [ini: {opt.ini}]")
+            group.addoption(opt.flag, action="store_true", default=None, help=f"{opt.argparse_help} [ini: {opt.ini}]")
             parser.addini(opt.ini, opt.help, type="bool", default=False)
         else:
-            group.addoption(opt.flag, default=None, help=f"{opt.help} [ini: {opt.ini}]")
+            group.addoption(opt.flag, default=None, help=f"{opt.argparse_help} [ini: {opt.ini}]")
             parser.addini(opt.ini, opt.help, default=opt.default or "")
 
 

@@ -9,7 +9,7 @@ import traceback
 
 import pytest
 
-from . import isolate, options, record, report, workers
+from . import history, isolate, options, record, report, workers
 from .backends import make_backend, resolve_backend_name
 from .meter import Meter, PhaseOOM
 from .profiles import PROFILES, GpuProfile
@@ -234,7 +234,7 @@ def pytest_sessionfinish(session):
         machine = state.describe()
         records = state.ordered_records()
         if state.json_path:
-            record.write_json_atomic(state.json_path, record.vram_json(records, machine, state.order))
+            history.write_json_atomic(state.json_path, history.vram_json(records, machine, state.order))
         if state.gate:
             state.gate.run(records, machine)
             if state.gate.regressions and session.exitstatus == pytest.ExitCode.OK:

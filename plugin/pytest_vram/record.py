@@ -1,20 +1,13 @@
-"""The record of one measured test, and the files that hold records.
+"""The record of one measured test (the files that hold records: :mod:`.history`).
 
 A record (in ``benchmark.extra_info["vram"]`` and in ``--vram-json``) holds, in integer bytes:
 backend, gpu, budget_bytes, fits, oom_phase, status, trainable_params, baseline_bytes (memory
 held when the test started: left by earlier tests), the case's parameters, and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
-Files are written to a temporary file and renamed, so none is ever half-written.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from importlib import metadata
-from pathlib import Path
-
-from .schema import FORMAT, VERSION
 
 LIBRARIES = ("torch", "transformers", "diffusers", "peft", "bitsandbytes", "lycoris-lora",
              "pytest", "pytest-benchmark", "nvidia-ml-py")
@@ -64,31 +57,3 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def in_order(records: list[dict], order: list[str]) -> list[dict]:
-    """``records`` sorted by their test's place in ``order`` (test ids); others last, as they were."""
-    position = {nodeid: i for i, nodeid in enumerate(order)}
-    return sorted(records, key=lambda r: position.get(r.get("test"), len(position)))
-
-
-def vram_json(records: list[dict], machine_info: dict, order: list[str] | None = None) -> dict:
-    """The document ``--vram-json`` writes. ``order``: the session's selected tests in collection
-    order (before ``--vram-shard``), which ``pytest-vram merge`` restores across shards."""
-    doc = {"format": FORMAT, "version": VERSION, "machine_info": machine_info, "records": records}
-    return doc | ({"order": order} if order else {})

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from . import isolate, nvml, options, record, workers
+from . import history, isolate, nvml, options, record, workers
 from .backends import resolve_backend_name
 from .profiles import get_profile
 from .shard import parse_shard
@@ -94,7 +94,7 @@ class VramSession:
 
     def ordered_records(self) -> list[dict]:
         """Records in collection order, whatever order they finished in (xdist)."""
-        return record.in_order(self.records, self.order)
+        return history.in_order(self.records, self.order)
 
 
 def busy_problem(foreign_bytes: int | None, limit: int) -> str | None:
