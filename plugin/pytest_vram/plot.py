@@ -19,6 +19,8 @@ from .sizes import GiB
 
 MISSING = "pytest-vram plot needs matplotlib: pip install 'pytest-vram[plot]'"
 ROW_INCHES = 0.28
+# One colour per breakdown category; no red, which means OOM and the budget here.
+PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:olive", "tab:brown")
 
 
 def _pyplot():
@@ -61,7 +63,6 @@ def _bars(plt, records: list[Record]):
     for model, members in groups.items():
         rows += [(f"{model}:", None)] + [(names[identity(r)], r) for r in members]
     fig, ax = plt.subplots(figsize=(11, 1.6 + ROW_INCHES * len(rows)))
-    colors = plt.get_cmap("tab10").colors
     budgets = sorted({r["budget_bytes"] for r in records if r.get("budget_bytes")})
     labelled = set()
 
@@ -84,7 +85,7 @@ def _bars(plt, records: list[Record]):
         for i, category in enumerate(CATEGORIES):
             width = phase["breakdown"].get(category, 0) / GiB
             if width:
-                bar(y, left, width, category, color=colors[i % len(colors)])
+                bar(y, left, width, category, color=PALETTE[i % len(PALETTE)])
             left += width
         bar(y, left, max(0.0, phase["total"] / GiB - left), CACHE_AND_CONTEXT, color="none",
             edgecolor="0.4", hatch="//")
@@ -101,7 +102,11 @@ def _bars(plt, records: list[Record]):
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlabel("largest phase's peak, GiB (2^30 bytes): breakdown + allocator cache + CUDA context")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    order = [*CATEGORIES, CACHE_AND_CONTEXT]
+    labels = sorted(handles, key=lambda label: order.index(label) if label in order else -1)
+    ax.legend([handles[label] for label in labels], labels, fontsize="small", loc="upper left",
+              bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -121,6 +126,11 @@ def _trend(plt, histories: list[History]):
             if phase is not None and phase["oom"]:
                 ooms.append((x, (cases[key].get("budget_bytes") or 0) / GiB or top))
         line = ax.plot(range(len(histories)), ys, marker="o", label=names[key])[0]
+        if ooms:  # the case's line continues, dotted, to its OOM marks
+            through = list(ys)
+            for x, y in ooms:
+                through[x] = y
+            ax.plot(range(len(histories)), through, linestyle=":", color=line.get_color())
         for x, y in ooms:
             ax.plot([x], [y], marker="X", markersize=11, color=line.get_color(), markeredgecolor="red",
                     linestyle="none", label=None if oom_labelled else "OOM (drawn at the budget)")
