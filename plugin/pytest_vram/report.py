@@ -83,7 +83,8 @@ def table(records: list[Record], breakdown: bool = False, markdown: bool = False
     """The table of ``records``; a record that lacks a key the table needs is a ValueError
     naming it (records from a file are checked on load; this covers records built in code)."""
     for i, rec in enumerate(records):
-        validate_record(rec, f"record {i} ({rec.get('case', '?') if isinstance(rec, dict) else rec!r})")
+        name = rec.get("case", "?") if isinstance(rec, dict) else repr(rec)
+        validate_record(rec, f"record {i} ({name})")
     note = [BREAKDOWN_NOTE, ""] if breakdown else []
     return "\n".join(note + [render(headers(breakdown), [row(r, breakdown) for r in records], markdown)])
 
