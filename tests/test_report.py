@@ -108,12 +108,14 @@ def test_markdown_is_a_valid_gfm_table_to_paste_as_it_is(tmp_path, capsys):
 
 
 def test_compare_markdown_lists_notes_and_regressions(tmp_path, capsys):
-    path = tmp_path / "h.json"
-    path.write_text(json.dumps({"format": "pytest-vram", "version": 1, "records": [record("a")]}))
-    assert main(["compare", str(path), str(path), "--format", "markdown", "--fail", "step.reserved:1%"]) == 0
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"format": "pytest-vram", "version": 1, "records": [record("a"), record("b")]}))
+    new.write_text(json.dumps({"format": "pytest-vram", "version": 1, "records": [record("a", phases={"step": phase(2 * GiB)})]}))
+    assert main(["compare", str(old), str(new), "--format", "markdown", "--fail", "step.total:1%"]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"### `{path}` -> `{path}`" and out[1] == ""
+    assert out[:3] == [f"### `{old}` -> `{new}`", "", f"- case only in {old}: b"]
     assert "| case | metric | old | new | change (bytes) | change |" in out
+    assert [line for line in out if line][-1].startswith("- REGRESSION a: step.total grew from 1.000 GiB to 2.000 GiB")
 
 
 PHASES = """
@@ -170,3 +172,11 @@ def test_the_trend_marks_an_oom_at_creation_as_oom_not_as_its_context():
 def test_model_groups_come_from_params_or_the_name():
     assert plot.model_of(record("llama-7b-lora", params={"case": {"model": "llama-7b"}})) == "llama-7b"
     assert plot.model_of(record("sd15-lora-r4")) == "sd15"
+
+
+def test_the_table_tells_two_tests_with_one_display_name_apart(tmp_path, capsys):
+    recs = [record("1", test="t.py::test_forward[1]"), record("1", test="t.py::test_backward[1]"),
+            record("2", test="t.py::test_forward[2]")]
+    assert [row[0] for row in report.rows(recs)] == ["test_forward[1]", "test_backward[1]", "2"]
+    assert [line.split()[0] for line in report.table(recs).splitlines()[2:]] == ["test_forward[1]",
+                                                                               "test_backward[1]", "2"]

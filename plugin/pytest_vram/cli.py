@@ -50,7 +50,7 @@ def _table(args) -> int:
     _say([w for w in [history.incomplete_warning()] if w], args.format)
     if args.breakdown and args.format != "csv":
         print(report.BREAKDOWN_NOTE + "\n")
-    _emit(report.headers(args.breakdown), [report.row(r, args.breakdown) for r in history.records], args.format)
+    _emit(report.headers(args.breakdown), report.rows(history.records, args.breakdown), args.format)
     return 0
 
 
@@ -66,7 +66,11 @@ def _compare(args) -> int:
         print(f"### `{old.path}` -> `{new.path}`\n" if args.format == "markdown" else heading)
         warnings = [w for w in (old.incomplete_warning(), new.incomplete_warning()) if w]
         _say(warnings + result.notes(old.path, new.path), args.format)
-        _emit(DELTA_HEADERS, delta_rows(result), args.format)
+        rows = delta_rows(result)
+        if rows or args.format == "csv":
+            _emit(DELTA_HEADERS, rows, args.format)
+        else:
+            print("no memory changes")
         regressions += result.regressions(exprs)
     if regressions and args.format == "markdown":
         print()

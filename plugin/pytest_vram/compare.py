@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .schema import CATEGORIES, SIZE_FIELDS, Record, identity
+from .schema import CATEGORIES, SIZE_FIELDS, Record, display_names, identity
 from .sizes import format_bytes, parse_size
 
 METRICS = SIZE_FIELDS + CATEGORIES  # what an expression's FIELD may name
@@ -148,7 +148,8 @@ def compare(old_records: list[Record], new_records: list[Record], old_machine: d
     key, warnings = _matching(old_records, new_records)
     old = _keyed(old_records, key, "the old history", warnings)
     new = _keyed(new_records, key, "the new history", warnings)
-    names = display_names([*old.values(), *new.values()])
+    shown = display_names([*old.values(), *new.values()])
+    names = {k: shown[identity(r)] if k == identity(r) else k for side in (old, new) for k, r in side.items()}
     deltas, changes = [], []
     for k in [k for k in new if k in old]:
         a, b = old[k], new[k]
@@ -183,21 +184,6 @@ def _keyed(records: list[Record], key, side: str, warnings: list[str]) -> dict[s
     return out
 
 
-def display_names(records: list[Record]) -> dict[str, str]:
-    """Each record's identity -> the shortest name that tells it apart: its ``case``, else its
-    test function with parameters (``test_forward[1]``), else its full node id."""
-    levels = (lambda r: r["case"], lambda r: identity(r).rsplit("::", 1)[-1])
-    owners = [{} for _ in levels]  # per level: name -> the identities called that
-    for r in records:
-        for level, seen in zip(levels, owners):
-            seen.setdefault(level(r), set()).add(identity(r))
-    names = {}
-    for r in records:
-        unique = [level(r) for level, seen in zip(levels, owners) if len(seen[level(r)]) == 1]
-        names[identity(r)] = unique[0] if unique else identity(r)
-    return names
-
-
 def machine_warnings(old: dict, new: dict) -> list[str]:
     """Comparing across GPUs, backends or library versions is apples and oranges: say so."""
     out = []
@@ -212,11 +198,15 @@ def machine_warnings(old: dict, new: dict) -> list[str]:
     return out
 
 
-def delta_rows(comparison: Comparison, metrics: tuple[str, ...] = ("creation.allocated", "step.peak", "step.total"),
-               changed_only: bool = False) -> list[list[str]]:
+SHOWN_FIELDS = ("allocated", "peak", "total")  # per phase, in the delta table
+
+
+def delta_rows(comparison: Comparison, fields: tuple[str, ...] = SHOWN_FIELDS,
+               changed_only: bool = True) -> list[list[str]]:
+    """The delta table: every phase's ``fields`` (by default only those that changed)."""
     rows = []
     for d in comparison.deltas:
-        if d.metric in metrics and (d.change or not changed_only):
+        if d.metric.split(".", 1)[1] in fields and (d.change or not changed_only):
             pct = f"{d.percent:+.2f}%" if d.percent is not None else "-"
             rows.append([d.case, d.metric, format_bytes(d.old), format_bytes(d.new), f"{d.change:+,}", pct])
     return rows

@@ -11,10 +11,9 @@ value (an OOM at creation would otherwise read as a great improvement).
 """
 from __future__ import annotations
 
-from .compare import display_names
 from .history import History
 from .report import CACHE_AND_CONTEXT, largest_phase
-from .schema import CATEGORIES, Record, identity
+from .schema import CATEGORIES, Record, display_names, identity
 from .sizes import GiB
 
 MISSING = "pytest-vram plot needs matplotlib: pip install 'pytest-vram[plot]'"

@@ -14,7 +14,7 @@ so the parts sum to the peak column they explain. Sizes are shown in GiB, with t
 from __future__ import annotations
 
 from .profiles import PROFILES
-from .schema import CATEGORIES, Phase, Record, validate_record
+from .schema import CATEGORIES, Phase, Record, display_names, identity, validate_record
 from .sizes import format_bytes
 
 HEADERS = ("case", "after creation", "largest phase", "peak (reserved + context)", "budget",
@@ -56,16 +56,17 @@ def status_cell(record: Record) -> str:
     return record["status"] + (f", LEAK: {format_bytes(held)} held at start" if held else "")
 
 
-def row(record: Record, breakdown: bool = False) -> list[str]:
+def row(record: Record, breakdown: bool = False, name: str | None = None) -> list[str]:
+    """The record's cells; ``name``: its display name among the others (:func:`rows`)."""
     phases = list(record["phases"].values())
     first = phases[0] if phases else None
     created = "OOM" if first and first["oom"] else format_bytes(first and first["allocated"])
-    name, phase = largest_phase(record)
+    largest, phase = largest_phase(record)
     peak = "-" if phase is None else ("OOM" if phase["oom"] else format_bytes(phase["total"]))
     budget = record.get("budget_bytes")
     share = f"{100 * phase['total'] / budget:.1f}%" if budget and phase else "-"
     params = record.get("trainable_params")
-    cells = [record["case"], created, name or "-", peak, budget_cell(record), share,
+    cells = [name or record["case"], created, largest or "-", peak, budget_cell(record), share,
              f"{params:,}" if params is not None else "-", status_cell(record)]
     if breakdown:
         cells += breakdown_cells(phase)
@@ -86,7 +87,14 @@ def table(records: list[Record], breakdown: bool = False, markdown: bool = False
         name = rec.get("case", "?") if isinstance(rec, dict) else repr(rec)
         validate_record(rec, f"record {i} ({name})")
     note = [BREAKDOWN_NOTE, ""] if breakdown else []
-    return "\n".join(note + [render(headers(breakdown), [row(r, breakdown) for r in records], markdown)])
+    return "\n".join(note + [render(headers(breakdown), rows(records, breakdown), markdown)])
+
+
+def rows(records: list[Record], breakdown: bool = False) -> list[list[str]]:
+    """One row per record; two tests sharing a display name show enough of their node ids to
+    be told apart (``test_forward[1]``, ``test_backward[1]``)."""
+    names = display_names(records)
+    return [row(r, breakdown, names[identity(r)]) for r in records]
 
 
 def render(headers: list[str], rows: list[list[str]], markdown: bool = False) -> str:

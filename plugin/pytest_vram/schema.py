@@ -73,6 +73,21 @@ def identity(record: Record) -> str:
     return record.get("test") or record["case"]
 
 
+def display_names(records: list[Record]) -> dict[str, str]:
+    """Each record's identity -> the shortest name that tells it apart: its ``case``, else its
+    test function with parameters (``test_forward[1]``), else its full node id."""
+    levels = (lambda r: r["case"], lambda r: identity(r).rsplit("::", 1)[-1])
+    owners = [{} for _ in levels]  # per level: name -> the identities called that
+    for r in records:
+        for level, seen in zip(levels, owners):
+            seen.setdefault(level(r), set()).add(identity(r))
+    names = {}
+    for r in records:
+        unique = [level(r) for level, seen in zip(levels, owners) if len(seen[level(r)]) == 1]
+        names[identity(r)] = unique[0] if unique else identity(r)
+    return names
+
+
 def validate_record(rec: object, where: str) -> Record:
     """``rec`` if it has the shape of :class:`Record`, else :class:`HistoryError` naming ``where``
     (the file and record), the bad key path and what it should hold. Unknown keys are kept:
