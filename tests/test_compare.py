@@ -6,20 +6,9 @@ import pytest
 
 from pytest_vram.cli import main
 from pytest_vram.compare import compare, parse_fail_expr
+from history_docs import history, rec  # noqa: F401  (test_scale imports them from here)
 
 pytest_plugins = ["pytester"]
-
-
-def rec(case, peak, status="fits"):
-    phase = {"allocated": peak // 2, "peak": peak, "reserved": None, "context": 0, "total": peak,
-             "breakdown": {}, "oom": status == "OOM"}
-    return {"case": case, "status": status, "phases": {"step": phase}}
-
-
-def history(path, records, machine=None):
-    path.write_text(json.dumps({"format": "pytest-vram", "version": 1,
-                                "machine_info": machine or {"backend": "sim"}, "records": records}))
-    return path
 
 
 def test_expressions_by_percent_and_size():

@@ -11,17 +11,7 @@ from pytest_vram.cli import main
 from pytest_vram.history import HistoryError, load, vram_json, write_json_atomic
 from pytest_vram.merge import merge
 from pytest_vram.schema import validate_record
-from test_compare import rec
-
-
-def benchmark_json(records, machine_info=None, fullnames=None):
-    """A pytest-benchmark JSON (the shape of pytest_benchmark.stats.Metadata.as_dict) whose
-    benchmarks carry these vram records."""
-    names = fullnames or [f"test_b.py::test_b[{r['case']}]" for r in records]
-    benches = [{"group": None, "name": name.rsplit("::", 1)[-1], "fullname": name, "params": None,
-                "stats": {"min": 0.1}, "extra_info": {"vram": r}} for r, name in zip(records, names)]
-    return {"machine_info": {"vram": {"backend": "sim"}} if machine_info is None else machine_info,
-            "commit_info": {}, "benchmarks": benches, "datetime": "2026-01-01T00:00:00", "version": "5.3.1"}
+from history_docs import benchmark_json, rec
 
 
 def write(path, doc):
