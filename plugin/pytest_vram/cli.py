@@ -71,9 +71,9 @@ def _compare(args) -> int:
             _emit(DELTA_HEADERS, rows, args.format)
         else:
             print("no memory changes")
+        if args.format == "markdown":
+            print()  # the table ends before the next heading
         regressions += result.regressions(exprs)
-    if regressions and args.format == "markdown":
-        print()
     _say([f"REGRESSION {line}" for line in regressions], args.format)
     return 1 if regressions else 0
 
