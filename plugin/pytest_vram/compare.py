@@ -9,6 +9,10 @@ A gate must not be disabled by a typo: a limit that can never trip (NaN, inf) or
 (zero, negative), an unknown field, a phase no history has, or an expression that matched no
 case is an error or a regression, never a silent pass.
 
+A phase that ran out of memory in either history is not compared: its numbers are what it
+reached before the failed allocation, and a case that now runs out of memory earlier would
+read as an improvement. Its status change (fits -> OOM) is the regression.
+
 Cases are matched by identity (the node id, :func:`schema.identity`), not by display name:
 ``test_forward[1]`` and ``test_backward[1]`` are two cases even though both are called "1".
 """
@@ -57,17 +61,20 @@ def parse_fail_expr(text: str) -> FailExpr:
             percent = float(limit[:-1])
         except ValueError:
             raise ValueError(f"malformed percentage {limit!r} in {text!r}: expected a number such as 5%") from None
-        if not math.isfinite(percent) or percent <= 0:
-            raise ValueError(f"limit {limit!r} in {text!r} can never trip or always trips: "
-                             "a percentage must be a finite number above 0, such as 5%")
+        if not math.isfinite(percent):
+            raise ValueError(f"limit {limit!r} in {text!r} can never trip: a percentage must be a "
+                             "finite number above 0, such as 5%")
+        if percent <= 0:
+            raise ValueError(f"limit {limit!r} in {text!r} always trips (an unchanged run would "
+                             "regress): a percentage must be above 0, such as 5%")
         return FailExpr(phase, field, percent, None, text)
     try:
         size = parse_size(limit)
     except OverflowError:
         raise ValueError(f"limit {limit!r} in {text!r} is too large to be a size in bytes") from None
     if size <= 0:
-        raise ValueError(f"limit {limit!r} in {text!r} always trips: a size limit must be above 0 "
-                         "bytes, such as 256MiB")
+        raise ValueError(f"limit {limit!r} in {text!r} always trips (an unchanged run would regress): "
+                         "a size limit must be above 0 bytes, such as 256MiB")
     return FailExpr(phase, field, None, size, text)
 
 
@@ -156,6 +163,8 @@ def compare(old_records: list[Record], new_records: list[Record], old_machine: d
         if a["status"] != b["status"]:
             changes.append((names[k], a["status"], b["status"]))
         for phase in [p for p in b["phases"] if p in a["phases"]]:
+            if a["phases"][phase]["oom"] or b["phases"][phase]["oom"]:
+                continue  # what it reached before failing: no measure (the status says OOM)
             for field in METRICS:
                 x, y = value(a, phase, field), value(b, phase, field)
                 if isinstance(x, int) and isinstance(y, int):
