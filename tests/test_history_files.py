@@ -35,6 +35,7 @@ VALID = {"format": "pytest-vram", "version": 1, "machine_info": {}, "records": [
     (VALID | {"records": []}, "holds no memory records"),
     ("[1, 2]", "expected a JSON object, found list"),
     ("[" * 100_000, "not valid JSON"),
+    ('{"format": "pytest-vram", "version": ' + "9" * 5000 + "}", "not valid JSON"),
     (benchmark_json([rec("a", 1)], machine_info=None) | {"machine_info": None},
      "'machine_info' should be an object, found null"),
     (benchmark_json([rec("a", 1)], machine_info=[]), "'machine_info' should be an object, found list"),

@@ -13,7 +13,7 @@ from pytest_vram.history import HistoryError, load
 from history_docs import benchmark_json
 
 BASELINE = Path(__file__).resolve().parent.parent / "results" / "sim-v100.json"
-WRONG = (None, [1], "text", 7, {"k": 1})
+WRONG = (None, [1], "text", 7, {"k": 1}, True, float("nan"))
 
 
 def vram_json_doc() -> dict:

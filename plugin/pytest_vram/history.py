@@ -90,7 +90,7 @@ def _read_json(path: Path) -> dict:
         raise HistoryError(f"{path}: the file is empty")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError; an int of > 4300 digits
         raise HistoryError(f"{path}: not valid JSON (truncated or corrupt?): {exc}") from None
     if not isinstance(data, dict):
         raise HistoryError(f"{path}: expected a JSON object, found {_kind(data)}")
