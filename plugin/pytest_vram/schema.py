@@ -103,28 +103,10 @@ def validate_record(rec: object, where: str) -> Record:
 def _check(value: object, hint, path: str) -> str | None:
     """Why ``value`` does not match the annotation ``hint``, or None."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if typing.is_typeddict(hint):
+    if typing.is_typeddict(hint) or origin is dict:
         if not isinstance(value, dict):
             return _wrong(value, "an object", path)
-        hints = _hints(hint)
-        missing = [k for k in hint.__required_keys__ if k not in value]
-        if missing:
-            return f"{path} lacks {', '.join(repr(k) for k in sorted(missing))}"
-        for key, sub in hints.items():
-            if key in value:
-                problem = _check(value[key], sub, f"{path}.{key}")
-                if problem:
-                    return problem
-        return None
-    if origin is dict:
-        if not isinstance(value, dict):
-            return _wrong(value, "an object", path)
-        key_hint, value_hint = args or (str, object)
-        for key, sub in value.items():
-            problem = _check(sub, value_hint, f"{path}.{key}")
-            if problem:
-                return problem
-        return None
+        return _check_fields(value, hint, path) if origin is None else _check_values(value, args, path)
     if args and origin in (typing.Union, types.UnionType):
         if any(_check(value, a, path) is None for a in args):
             return None
@@ -139,6 +121,22 @@ def _check(value: object, hint, path: str) -> str | None:
     if not isinstance(value, hint):
         return _wrong(value, _name(hint), path)
     return None
+
+
+def _check_fields(value: dict, typed_dict, path: str) -> str | None:
+    missing = sorted(k for k in typed_dict.__required_keys__ if k not in value)
+    if missing:
+        return f"{path} lacks {', '.join(repr(k) for k in missing)}"
+    problems = (_check(value[key], hint, f"{path}.{key}") for key, hint in _hints(typed_dict).items()
+                if key in value)
+    return next((p for p in problems if p), None)
+
+
+def _check_values(value: dict, args: tuple, path: str) -> str | None:
+    """A ``dict[str, X]``: JSON keys are always strings, so only the values are checked."""
+    value_hint = args[1] if args else object
+    problems = (_check(sub, value_hint, f"{path}.{key}") for key, sub in value.items())
+    return next((p for p in problems if p), None)
 
 
 @functools.cache
