@@ -55,8 +55,8 @@ def test_summary_table_and_header(pytester):
     result.stdout.fnmatch_lines([
         "vram: backend=cpu, emulating t4*GiB*GB*",
         "*GPU memory (cpu backend)*",
-        "case*after creation*peak in step*% of budget*trainable params*status",
-        "test_case*0.004 GiB*GiB*fits",
+        "case*after creation*largest phase*peak (reserved + context)*budget*% of budget*trainable params*status",
+        "test_case*0.004 GiB*step*GiB*15.782 GiB (v100)*fits",
     ])
 
 

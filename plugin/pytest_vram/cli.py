@@ -5,7 +5,9 @@
     pytest-vram plot HISTORY [HISTORY ...] -o OUT.png
     pytest-vram merge SHARD [SHARD ...] -o OUT.json
 
-Exit codes: 0 success, 1 a --fail expression tripped, 2 bad input (one clear message).
+Exit codes: 0 success, 1 a --fail expression tripped (or matched no case), 2 bad input (one
+clear message). The history side imports no torch (tests/test_cli_no_torch.py): these commands
+run on a CI box that only has the JSON files.
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ import io
 import sys
 
 from . import report
-from .compare import DELTA_HEADERS, compare, delta_rows, parse_fail_expr
-from .options import OPTIONS
+from .compare import DELTA_HEADERS, check_phases, compare, delta_rows, parse_fail_expr, phases_of
 from .history import load, write_json_atomic
-from .schema import CATEGORIES
+from .options import OPTIONS
 
 FORMATS = ("text", "markdown", "csv")
 
@@ -34,27 +35,46 @@ def _emit(headers: list[str], rows: list[list[str]], fmt: str) -> None:
         print(report.render(headers, rows, markdown=fmt == "markdown"))
 
 
+def _say(lines: list[str], fmt: str) -> None:
+    """Notes and warnings: as a Markdown list (one item each, not one run-on paragraph)."""
+    for line in lines:
+        print(f"- {line}" if fmt == "markdown" else line)
+    if lines and fmt == "markdown":
+        print()
+
+
 def _table(args) -> int:
     history = load(args.history)
-    headers = list(report.HEADERS) + (list(CATEGORIES) if args.breakdown else [])
-    _emit(headers, [report.row(r, args.breakdown) for r in history.records], args.format)
+    if args.format == "markdown":
+        print(f"### GPU memory: `{history.path}` ({len(history.records)} cases)\n")
+    _say([w for w in [history.incomplete_warning()] if w], args.format)
+    if args.breakdown and args.format != "csv":
+        print(report.BREAKDOWN_NOTE + "\n")
+    _emit(report.headers(args.breakdown), report.rows(history.records, args.breakdown), args.format)
     return 0
 
 
 def _compare(args) -> int:
     exprs = [parse_fail_expr(e) for e in args.fail or []]
     old = load(args.old)
+    news = [load(path) for path in args.new]
+    check_phases(exprs, phases_of(old.records, *(n.records for n in news)))
     regressions = []
-    for path in args.new:
-        new = load(path)
+    for new in news:
         result = compare(old.records, new.records, old.machine_info, new.machine_info)
-        print(f"{old.path} -> {new.path}")
-        for line in result.notes(old.path, new.path):
-            print(line)
-        _emit(DELTA_HEADERS, delta_rows(result), args.format)
+        heading = f"{old.path} -> {new.path}"
+        print(f"### `{old.path}` -> `{new.path}`\n" if args.format == "markdown" else heading)
+        warnings = [w for w in (old.incomplete_warning(), new.incomplete_warning()) if w]
+        _say(warnings + result.notes(old.path, new.path), args.format)
+        rows = delta_rows(result)
+        if rows or args.format == "csv":
+            _emit(DELTA_HEADERS, rows, args.format)
+        else:
+            print("no memory changes")
+        if args.format == "markdown":
+            print()  # the table ends before the next heading
         regressions += result.regressions(exprs)
-    for line in regressions:
-        print(f"REGRESSION {line}")
+    _say([f"REGRESSION {line}" for line in regressions], args.format)
     return 1 if regressions else 0
 
 
@@ -82,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     table = sub.add_parser("table", help="the memory table of one history")
     table.add_argument("history", help="a --vram-json file or a pytest-benchmark JSON")
-    table.add_argument("--breakdown", action="store_true", help="add the step's breakdown columns")
+    table.add_argument("--breakdown", action="store_true",
+                       help="split each case's peak into its breakdown and the allocator cache + context")
     table.add_argument("--format", choices=FORMATS, default="text")
     table.set_defaults(run=_table)
     comp = sub.add_parser("compare", help="per-case memory deltas between histories")
@@ -109,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except ValueError as exc:  # HistoryError included
         print(f"pytest-vram: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output that cannot be written
+        print(f"pytest-vram: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -1,11 +1,16 @@
 """``--vram-compare`` / ``--vram-compare-fail`` inside pytest: compare this session's records
-with a saved history, show regressions and improvements, fail the session on a regression."""
+with a saved history, show regressions and improvements, fail the session on a regression.
+
+Everything that can be checked before the first test runs is checked in ``Gate(...)`` (a
+ValueError the session turns into a usage error): the expressions, the baseline file, that the
+baseline is complete (an interrupted session's file would make every missing case look
+removed), and that each expression's phase exists in the baseline."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import report
-from .compare import DELTA_HEADERS, Comparison, compare, delta_rows, parse_fail_expr
+from .compare import DELTA_HEADERS, Comparison, check_phases, compare, delta_rows, parse_fail_expr, phases_of
 from .history import HistoryError, load
 
 
@@ -27,6 +32,10 @@ class Gate:
         self.exprs = [parse_fail_expr(e) for e in exprs]   # ValueError: one clear message
         self.path = resolve(spec, storage)
         self.history = load(self.path)
+        if not self.history.complete:
+            raise HistoryError(f"{self.path}: an incomplete history (\"complete\": false, written by an "
+                               "interrupted session) cannot be a baseline; compare with a complete run")
+        check_phases(self.exprs, phases_of(self.history.records))
         self.comparison: Comparison | None = None
         self.regressions: list[str] = []
 
