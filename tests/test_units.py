@@ -32,8 +32,6 @@ def test_profiles_cover_the_common_cards():
     v100 = get_profile("v100")
     assert v100.total_bytes == 16_945_512_448
     assert v100.compute_capability == (7, 0) and not v100.bf16
-    assert v100.attention == "efficient"
-    assert get_profile("a100-80gb").attention == "flash"
     for profile in PROFILES.values():
         assert isinstance(profile.total_bytes, int) and isinstance(profile.context_bytes, int)
 
