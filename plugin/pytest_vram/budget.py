@@ -63,7 +63,10 @@ def marker_limit(args: tuple, kwargs: dict) -> int:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         raise ValueError(f"vram_budget({value!r}): a number without a unit; write the size with its "
                          f"unit, such as '{value}GiB' or '{value} GB' (bytes: '{value}B')")
-    limit = parse_size(value)
+    try:
+        limit = parse_size(value)
+    except ValueError as exc:
+        raise ValueError(f"vram_budget: {exc}") from None
     if limit <= 0:
         raise ValueError(f"vram_budget({value!r}): a budget must be more than zero bytes")
     return limit
