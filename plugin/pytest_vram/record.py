@@ -36,38 +36,39 @@ def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -
 
 def stable_params(callspec) -> dict:
     """The case's parameters as stable JSON (two identical runs give identical files): numbers,
-    strings, bools and None as they are, lists/tuples and dicts of them, dataclasses as dicts.
-    Anything else (a function, an object whose repr holds its address) becomes the id pytest
-    gave it: the callspec's id when it is the only parameter, else pytest's own default id
-    (a function's or class's ``__name__``, else the argument name and its index, ``model0``)."""
+    strings, bools and None as they are, lists/tuples and dicts of them, dataclasses as dicts,
+    a function or class as its ``__name__`` (pytest's id for it). Any other object (whose repr
+    would hold its address) makes the whole parameter its pytest id: the callspec's id when it
+    is the test's only parameter, else pytest's default, the argument name and index (``obj0``)."""
     if callspec is None:
         return {}
-    only = len(callspec.params) == 1
-    return {name: _stable(value, lambda: callspec.id if only else _default_id(name, value, callspec))
-            for name, value in callspec.params.items()}
+    out = {}
+    for name, value in callspec.params.items():
+        try:
+            out[name] = _stable(value)
+        except _Unstable:
+            only = len(callspec.params) == 1
+            out[name] = callspec.id if only else f"{name}{callspec.indices.get(name, 0)}"
+    return out
 
 
-_MISSING = object()
+class _Unstable(Exception):
+    pass
 
 
-def _stable(value, fallback):
+def _stable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _stable(getattr(value, f.name), fallback) for f in dataclasses.fields(value)}
+        return {f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
-        items = [_stable(v, lambda: _MISSING) for v in value]
-        return fallback() if _MISSING in items else items
+        return [_stable(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        items = {k: _stable(v, lambda: _MISSING) for k, v in value.items()}
-        return fallback() if _MISSING in items.values() else items
-    return fallback()
-
-
-def _default_id(name: str, value, callspec) -> str:
-    """pytest's default id for a value it cannot print (``_pytest.python._idval``)."""
-    label = getattr(value, "__name__", None)
-    return label if isinstance(label, str) else f"{name}{callspec.indices.get(name, 0)}"
+        return {k: _stable(v) for k, v in value.items()}
+    name = getattr(value, "__name__", None)
+    if isinstance(name, str):
+        return name
+    raise _Unstable
 
 
 def library_versions(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str | None]:
