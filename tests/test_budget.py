@@ -145,3 +145,15 @@ def test_verdict_messages_name_case_phase_peak_budget_and_overshoot():
     v100 = get_profile("v100")
     assert budget.verdict("c", budget.Budget(v100, v100.total_bytes), {"step": phase}, None, True) == (
         "c: expected OOM, peaked at 0.012 GiB of 15.782 GiB (v100) (phase 'step')")
+
+
+def test_cpu_cuda_and_sim_implement_the_backend_protocol_side_by_side(fake_cuda):
+    from pytest_vram.backend_protocol import Backend
+    from pytest_vram.sim.backend import SimBackend
+
+    v100 = get_profile("v100")
+    made = [backends.make_backend(name, v100, v100.total_bytes) for name in ("cpu", "cuda", "sim")]
+    assert [type(b) for b in made] == [backends.CpuBackend, backends.CudaBackend, SimBackend]
+    assert all(isinstance(b, Backend) for b in made)
+    assert not issubclass(backends.CudaBackend, backends.CpuBackend)
+    assert [b.executes for b in made] == [True, True, False]
