@@ -11,7 +11,7 @@ from pytest_vram.cli import main
 from pytest_vram.history import HistoryError, load, vram_json, write_json_atomic
 from pytest_vram.merge import merge
 from pytest_vram.schema import validate_record
-from history_docs import benchmark_json, rec
+from helpers import benchmark_json, rec
 
 
 def write(path, doc):

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_vram.cli import main
 from pytest_vram.history import HistoryError, load
-from history_docs import benchmark_json
+from helpers import benchmark_json
 
 BASELINE = Path(__file__).resolve().parent.parent / "results" / "sim-v100.json"
 WRONG = (None, [1], "text", 7, {"k": 1}, True, float("nan"))

@@ -3,8 +3,10 @@ budget failures, expect_oom, OOM handling, records."""
 import json
 
 import pytest
+from helpers import preload_simulator_shimmed_libraries
 
 pytest_plugins = ["pytester"]
+preload_simulator_shimmed_libraries()
 
 FOUR_MIB = """
 import torch, pytest
@@ -60,15 +62,21 @@ def test_summary_table_and_header(pytester):
     ])
 
 
-def test_over_budget_fails_with_one_clear_message(pytester):
+@pytest.mark.parametrize("backend", ["cpu", "sim"])
+def test_over_budget_is_oom_at_that_phase_with_one_clear_message_on_every_backend(pytester, backend):
+    """budget.py's rule: the allocation that passes the budget less the context runs out of
+    memory, on cpu as on sim (and on cuda, by the allocator cap: test_budget.py)."""
     write(pytester, marks="@pytest.mark.vram_budget('10MiB')")
-    result = run(pytester, "--vram-backend=cpu")
+    out = pytester.path / "v.json"
+    result = run(pytester, f"--vram-backend={backend}", f"--vram-json={out}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*test_case: phase 'step' peaked at 0.012 GiB (12582912 bytes), over the budget of "
-        "0.010 GiB by 0.002 GiB (2097152 bytes)*",
+        "*test_case: out of memory in phase 'step': * (budget 0.010 GiB)",
         "*Captured vram call*",
     ])
+    (rec,) = records(out)
+    assert rec["status"] == "OOM" and rec["oom_phase"] == "step" and rec["fits"] is False
+    assert rec["phases"]["creation"]["allocated"] == 4 * 2**20
 
 
 def test_profile_marker_sets_budget_with_context(pytester):

@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # full-size suite in a subprocess
 
 
 def test_cpu_backend_skips_full_size_cases_with_reason():

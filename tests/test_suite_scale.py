@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the suite in subprocesses
 BASELINE = json.loads((REPO / "results" / "sim-v100.json").read_text())
 SUBSET = "sd15-lora-r4-fp32-bs1 or sd15-lora-r4-nf4-dq or sd15-lokr or llama-7b-none-fp16"
 

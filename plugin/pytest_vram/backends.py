@@ -1,8 +1,7 @@
 """Measurement backends: ``cpu`` (real execution on CPU, storage tracker) and ``cuda``
-(torch.cuda allocator statistics and NVML). The ``sim`` backend lives in :mod:`pytest_vram.sim`.
-
-A backend is entered for the whole test (so the model built in one phase is counted in the
-next) and marks a new peak at each phase.
+(torch.cuda allocator statistics and NVML), side by side; the ``sim`` backend lives in
+:mod:`pytest_vram.sim`. Each implements :class:`.backend_protocol.Backend` and enforces the
+budget as :mod:`.budget` says.
 """
 from __future__ import annotations
 
@@ -11,25 +10,32 @@ import gc
 import torch
 
 from . import nvml
+from .budget import allocation_limit, check_allocation
+from .backend_protocol import Backend
 from .meter import PhaseResult
 from .profiles import GpuProfile
 from .schema import BACKENDS  # noqa: F401  (re-exported)
 from .tracker import StorageTracker
 
 
-
 class CpuBackend:
-    """Real execution on CPU tensors. No caching allocator: ``reserved`` is None, and the
-    budget check adds the emulated profile's typical CUDA context to the peak."""
+    """Real execution on CPU tensors. No caching allocator: ``reserved`` is None, and a phase's
+    total adds the emulated profile's typical CUDA context to its peak. The budget is enforced
+    by the tracker: a new storage that takes the live bytes past the budget less the context
+    raises ``torch.OutOfMemoryError`` (:func:`.budget.check_allocation`)."""
 
     name = "cpu"
     executes = True
     torch_device = "cpu"
 
-    def __init__(self, profile: GpuProfile | None):
+    def __init__(self, profile: GpuProfile | None, budget: int | None = None):
         self.profile = profile
         self.context = profile.context_bytes if profile else 0
-        self.tracker = StorageTracker()
+        self.allocation_cap = allocation_limit(budget, self.context)
+        self.tracker = StorageTracker(on_alloc=self._check)
+
+    def _check(self, key: int, nbytes: int) -> None:
+        check_allocation(self.tracker.live_bytes, nbytes, self.allocation_cap, "cpu backend:")
 
     def start(self) -> None:
         self.tracker.__enter__()
@@ -42,8 +48,7 @@ class CpuBackend:
 
     def end_phase(self, name: str, oom: bool) -> PhaseResult:
         t = self.tracker
-        return PhaseResult(name, t.live_bytes, t.peak_bytes, None, self.context,
-                           t.breakdown_at_peak(), oom)
+        return PhaseResult(name, t.live_bytes, t.peak_bytes, None, self.context, t.breakdown_at_peak(), oom)
 
     def release(self) -> None:
         gc.collect()
@@ -53,42 +58,47 @@ class CpuBackend:
         return leftovers.bytes
 
 
-class CudaBackend(CpuBackend):
-    """torch.cuda statistics, reset per phase; NVML for the context the allocator cannot see.
+class CudaBackend:
+    """torch.cuda statistics, reset per phase; NVML for the context the allocator cannot see;
+    the storage tracker for the breakdown only.
 
-    On a card larger than the budgeted profile the allocator is capped
-    (``set_per_process_memory_fraction``) to the profile's total less its typical context, so
-    an OOM happens where it would on the smaller card.
+    The budget is enforced by the real allocator: where the budget less the measured context is
+    below the card's memory, the allocator is capped there
+    (``set_per_process_memory_fraction``), so an OOM happens where it would on a card of that
+    budget (the profile's card, or an explicit ``vram_budget``).
     """
 
     name = "cuda"
+    executes = True
 
-    def __init__(self, profile: GpuProfile | None, device: int = 0):
-        super().__init__(profile)
+    def __init__(self, profile: GpuProfile | None, budget: int | None = None, device: int = 0):
+        self.profile = profile
         self.device = device
         self.torch_device = f"cuda:{device}"
-        torch.zeros(1, device=f"cuda:{device}")  # start the context
+        self.tracker = StorageTracker()
+        torch.zeros(1, device=self.torch_device)  # start the context
         self.device_total = torch.cuda.get_device_properties(device).total_memory
         used = nvml.process_used_bytes(device)
         measured = used - torch.cuda.memory_reserved(device) if used is not None else None
-        self.context = measured if measured is not None else self.context
-        self.capped = bool(profile and profile.total_bytes < self.device_total)
+        typical = profile.context_bytes if profile else 0
+        self.context = measured if measured is not None else typical
+        cap = allocation_limit(budget, self.context)
+        self.allocation_cap = cap if cap is not None and cap < self.device_total else None
 
     def start(self) -> None:
-        if self.capped:
-            limit = self.profile.total_bytes - self.profile.context_bytes
-            torch.cuda.set_per_process_memory_fraction(limit / self.device_total, self.device)
-        super().start()
+        if self.allocation_cap is not None:
+            torch.cuda.set_per_process_memory_fraction(self.allocation_cap / self.device_total, self.device)
+        self.tracker.__enter__()
 
     def stop(self) -> None:
-        super().stop()
-        if self.capped:
+        self.tracker.__exit__(None, None, None)
+        if self.allocation_cap is not None:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
 
     def begin_phase(self) -> None:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        super().begin_phase()
+        self.tracker.mark()
 
     def end_phase(self, name: str, oom: bool) -> PhaseResult:
         torch.cuda.synchronize(self.device)
@@ -129,13 +139,13 @@ def resolve_backend_name(name: str) -> str:
     return name
 
 
-def make_backend(name: str, profile: GpuProfile | None, budget: int | None = None):
-    """A fresh backend for one test. ``budget`` (bytes, context included) is where the
-    simulator runs out of memory; it defaults to the profile's total."""
+def make_backend(name: str, profile: GpuProfile | None, budget: int | None = None) -> Backend:
+    """A fresh backend for one test. ``budget`` (bytes, context included; see :mod:`.budget`)
+    is where it runs out of memory."""
     if name == "cuda":
-        return CudaBackend(profile)
+        return CudaBackend(profile, budget)
     if name == "sim":
         from .sim.backend import SimBackend
 
         return SimBackend(profile, budget=budget)
-    return CpuBackend(profile)
+    return CpuBackend(profile, budget)

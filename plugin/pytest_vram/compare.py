@@ -70,8 +70,8 @@ def parse_fail_expr(text: str) -> FailExpr:
         return FailExpr(phase, field, percent, None, text)
     try:
         size = parse_size(limit)
-    except OverflowError:
-        raise ValueError(f"limit {limit!r} in {text!r} is too large to be a size in bytes") from None
+    except ValueError as exc:
+        raise ValueError(f"limit in {text!r}: {exc}") from None
     if size <= 0:
         raise ValueError(f"limit {limit!r} in {text!r} always trips (an unchanged run would regress): "
                          "a size limit must be above 0 bytes, such as 256MiB")

@@ -7,24 +7,10 @@ baseline is complete (an interrupted session's file would make every missing cas
 removed), and that each expression's phase exists in the baseline."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import report
+from .benchmark_bridge import resolve
 from .compare import DELTA_HEADERS, Comparison, check_phases, compare, delta_rows, parse_fail_expr, phases_of
 from .history import HistoryError, load
-
-
-def resolve(spec: str, storage: str | None) -> Path:
-    """PATH, or a pytest-benchmark run number (NNNN) or 'latest' in its storage folder."""
-    if spec != "latest" and not spec.isdigit():
-        return Path(spec)
-    root = Path((storage or "file://./.benchmarks").removeprefix("file://"))
-    runs = sorted(root.glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda p: p.name)
-    if spec != "latest":
-        runs = [p for p in runs if p.name.startswith(f"{int(spec):04d}_")]
-    if not runs:
-        raise HistoryError(f"no saved pytest-benchmark run {spec!r} under {root}")
-    return runs[-1]
 
 
 class Gate:

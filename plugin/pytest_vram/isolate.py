@@ -62,13 +62,15 @@ def run_item(item, vram_args: list[str]) -> list[pytest.TestReport]:
         start = time.time()
         proc = subprocess.run(child_command(item, vram_args, report_path), cwd=config.rootpath, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        reports = [config.hook.pytest_report_from_serializable(config=config, data=data)
-                   for data in read_reports(report_path)]
+        lines = read_reports(report_path)
+    finished = any(FINISHED in data for data in lines)
+    reports = [config.hook.pytest_report_from_serializable(config=config, data=data)
+               for data in lines if FINISHED not in data]
     output = proc.stdout
     for rep in reports:
         if rep.failed and output:
             rep.sections.append((OUTPUT_SECTION, output))
-    dead = describe_exit(proc.returncode)
+    dead = describe_exit(proc.returncode, finished)
     last = reports[-1].when if reports else None
     if last == "teardown" and (not dead or reports[-1].failed):
         return reports
@@ -95,8 +97,10 @@ def read_reports(path: Path) -> list[dict]:
     return out
 
 
-def describe_exit(returncode: int) -> str | None:
-    """How a child died, or None for pytest's exits that mean its tests ran (0: passed, 1: failed)."""
+def describe_exit(returncode: int, finished: bool = True) -> str | None:
+    """How a child died, or None for pytest's exits that mean its tests ran (0: passed, 1: failed).
+    A status is given pytest's meaning (3: internal error ...) only if the child's pytest
+    ``finished`` its session: a test may end the process itself (``os._exit(3)``)."""
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -105,6 +109,8 @@ def describe_exit(returncode: int) -> str | None:
         return f"was killed by {name} ({-returncode})"
     if returncode in (0, 1):
         return None
+    if not finished:
+        return f"exited with status {returncode}"
     meaning = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no test ran"}
     return f"exited with status {returncode} ({meaning.get(returncode, 'not a pytest exit status')})"
 
@@ -117,10 +123,27 @@ def failed_report(item, when: str, how: str, output: str, duration: float) -> py
                              longrepr, when, sections=sections, duration=duration, user_properties=[])
 
 
-def write_report(config, path: str, report) -> None:
-    """In the child: append ``report`` to the parent's file, one JSON line, flushed at once."""
-    data = config.hook.pytest_report_to_serializable(config=config, report=report)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(data) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+FINISHED = "vram_child_exitstatus"  # the child's last line: its pytest ended its session
+
+
+class ChildReportWriter:
+    """The plugin object an isolated child registers (and only it): it appends each test
+    report to the parent's file as it happens, one JSON line flushed at once (a crash loses
+    nothing finished), and a last line with its exit status when its session ends."""
+
+    def __init__(self, config, path: str):
+        self.config = config
+        self.path = path
+
+    def pytest_runtest_logreport(self, report) -> None:
+        self._append(self.config.hook.pytest_report_to_serializable(config=self.config, report=report))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session, exitstatus) -> None:
+        self._append({FINISHED: int(exitstatus)})
+
+    def _append(self, data: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(data) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())

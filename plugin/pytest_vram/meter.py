@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from . import budget as budget_rule
 from .profiles import GpuProfile
 
 
@@ -136,8 +137,11 @@ class Meter:
 
     @property
     def fits(self) -> bool:
-        over = self.budget is not None and self.peak_total > self.budget
-        return self.oom_phase is None and not over
+        return budget_rule.fits(self.oom_phase, self.peak_total, self.budget)
+
+    @property
+    def status(self) -> str:
+        return budget_rule.status(self.oom_phase, self.peak_total, self.budget)
 
 
 def _frozen_category(param: torch.Tensor) -> str:

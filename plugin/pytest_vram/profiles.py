@@ -5,8 +5,8 @@ CUDA (``torch.cuda.get_device_properties().total_memory``, which equals nvidia-s
 x 2**20 where both were seen); ``source`` says where each figure comes from, so that an
 estimate is never mistaken for a measurement. ``context_bytes`` is the typical CUDA context
 (with lazy module loading, CUDA >= 11.7, ~300 MiB); the allocator does not see it, NVML does.
-``attention`` is the scaled-dot-product kernel PyTorch picks on that card for fp16 training:
-flash attention needs sm80+, older cards use the memory-efficient kernel.
+The attention kernel a card gets is the simulator's business (:mod:`.sim.attention`). A project
+adds its own cards with the ``pytest_vram_gpu_profiles`` hook (:mod:`.hookspec`).
 """
 from __future__ import annotations
 
@@ -24,10 +24,6 @@ class GpuProfile:
     bf16: bool
     source: str
     context_bytes: int = 300 * MiB
-
-    @property
-    def attention(self) -> str:
-        return "flash" if self.compute_capability >= (8, 0) else "efficient"
 
 
 def _gib(x: float) -> int:
@@ -49,12 +45,31 @@ PROFILES: dict[str, GpuProfile] = {p.name: p for p in (
 )}
 
 
-def get_profile(name: str) -> GpuProfile:
-    """The profile called ``name`` ('a100-40gb' and 'a100_40gb' both work)."""
+def get_profile(name: str, table: dict[str, GpuProfile] | None = None) -> GpuProfile:
+    """The profile called ``name`` ('a100-40gb' and 'a100_40gb' both work) in ``table``
+    (default: the built-in :data:`PROFILES`)."""
+    table = PROFILES if table is None else table
     key = name.strip().lower().replace("-", "_")
     try:
-        return PROFILES[key]
+        return table[key]
     except KeyError:
         raise ValueError(
-            f"unknown GPU profile {name!r}; valid choices: {', '.join(PROFILES)}"
+            f"unknown GPU profile {name!r}; valid choices: {', '.join(table)}"
         ) from None
+
+
+def with_project_profiles(extra: list) -> dict[str, GpuProfile]:
+    """The built-in profiles and a project's (from the ``pytest_vram_gpu_profiles`` hook).
+    Raises ValueError for an entry that is not a GpuProfile or whose name is taken."""
+    table = dict(PROFILES)
+    for profile in extra:
+        if not isinstance(profile, GpuProfile):
+            raise ValueError(f"pytest_vram_gpu_profiles: expected GpuProfile entries, got {profile!r}")
+        if profile.name in table:
+            raise ValueError(f"pytest_vram_gpu_profiles: a GPU profile named {profile.name!r} exists "
+                             f"already; profiles: {', '.join(table)}")
+        if not profile.name.isidentifier() or profile.name != profile.name.lower():
+            raise ValueError(f"pytest_vram_gpu_profiles: profile name {profile.name!r} must be a "
+                             "lower-case identifier (it becomes a marker, e.g. 'l4_24gb')")
+        table[profile.name] = profile
+    return table

@@ -9,17 +9,13 @@ from __future__ import annotations
 import dataclasses
 from importlib import metadata
 
-LIBRARIES = ("torch", "transformers", "diffusers", "peft", "bitsandbytes", "lycoris-lora",
-             "pytest", "pytest-benchmark", "nvidia-ml-py")
-
-
-def status_of(fits: bool, oom_phase: str | None) -> str:
-    if oom_phase is not None:
-        return "OOM"
-    return "fits" if fits else "over budget"
+# the distributions whose versions every history records; a project adds its own with the
+# pytest_vram_libraries hook (:mod:`.hookspec`)
+LIBRARIES = ("torch", "pytest", "pytest-benchmark", "nvidia-ml-py")
 
 
 def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -> dict:
+    """``params``: the case's parameters, already JSON-native (:func:`stable_params`)."""
     return {
         "case": case,
         "test": nodeid,
@@ -28,30 +24,57 @@ def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -
         "budget_bytes": meter.budget,
         "fits": meter.fits,
         "oom_phase": meter.oom_phase,
-        "status": status_of(meter.fits, meter.oom_phase),
+        "status": meter.status,
         "expect_oom": expect_oom,
         "trainable_params": meter.trainable_params,
         "peak_total_bytes": meter.peak_total,
         "baseline_bytes": meter.baseline_bytes,
         "phases": {name: phase.to_dict() for name, phase in meter.phases.items()},
-        "params": {key: jsonable(value) for key, value in params.items()},
+        "params": params,
     }
 
 
-def jsonable(value):
-    """A case parameter as JSON: dataclasses as dicts, other objects as their str()."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: jsonable(v) for k, v in dataclasses.asdict(value).items()}
+def stable_params(callspec) -> dict:
+    """The case's parameters as stable JSON (two identical runs give identical files): numbers,
+    strings, bools and None as they are, lists/tuples and dicts of them, dataclasses as dicts,
+    a function or class as its ``__name__`` (pytest's id for it). Any other object (whose repr
+    would hold its address) makes the whole parameter its pytest id: the callspec's id when it
+    is the test's only parameter, else pytest's default, the argument name and index (``obj0``)."""
+    if callspec is None:
+        return {}
+    out = {}
+    for name, value in callspec.params.items():
+        try:
+            out[name] = _stable(value)
+        except _Unstable:
+            only = len(callspec.params) == 1
+            out[name] = callspec.id if only else f"{name}{callspec.indices.get(name, 0)}"
+    return out
+
+
+class _Unstable(Exception):
+    pass
+
+
+def _stable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return str(value)
+        return [_stable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _stable(v) for k, v in value.items()}
+    name = getattr(value, "__name__", None)
+    if isinstance(name, str):
+        return name
+    raise _Unstable
 
 
-def library_versions() -> dict[str, str | None]:
+def library_versions(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str | None]:
+    """Installed versions of the plugin's libraries and ``extra`` (None: not installed)."""
     versions = {}
-    for name in LIBRARIES:
+    for name in dict.fromkeys([*LIBRARIES, *extra]):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

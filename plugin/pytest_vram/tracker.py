@@ -111,9 +111,6 @@ class StorageTracker(TorchDispatchMode):
                 sizes.pop(key, None)
         return self._by_category(sizes)
 
-    def breakdown_now(self) -> dict[str, int]:
-        return self._by_category(self._sizes)
-
     def live_storages(self) -> list[tuple[object, int]]:
         """(storage, bytes) of every counted storage still alive."""
         return [(storage, self._sizes[key]) for storage, key in list(self._keys.items()) if key in self._sizes]

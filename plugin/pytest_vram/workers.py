@@ -74,6 +74,3 @@ def sharing_warning(backend: str, workers: int, environ: MutableMapping[str, str
                 f"out of memory because of another; use -n {gpus} (or -n auto)")
     return None
 
-
-BENCHMARK_OFF = ("pytest-benchmark turns itself off under xdist (no timings, no --benchmark-json "
-                 "or --benchmark-autosave); memory records still go to --vram-json and the table")
