@@ -190,3 +190,20 @@ def test_the_suite_selection_leaves_the_validation_set_out():
 
     assert not [n for n in collected("v100") if "validation" in n]
     assert len(collected("validation")) == len(ANCHORS)
+
+
+# -- the validation set's models ----------------------------------------------------------------
+
+def test_a_tied_weight_is_placed_once_and_stays_tied():
+    """Llama-3.2-3B ties its LM head to its embeddings: materializing must keep one tensor, or
+    creation would hold (and the count include) a second 394M-parameter matrix."""
+    from fixtures.materialize import Materializer
+    from fixtures.models import build_model
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight
+    Materializer("cpu", fill=False)(model)
+    assert model[1].weight is model[0].weight and model[0].weight.device.type == "cpu"
+    llama = build_model("llama-3.2-3b", "fp16", "meta")
+    assert llama.lm_head.weight is llama.model.embed_tokens.weight
