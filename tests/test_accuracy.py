@@ -207,3 +207,17 @@ def test_a_tied_weight_is_placed_once_and_stays_tied():
     assert model[1].weight is model[0].weight and model[0].weight.device.type == "cpu"
     llama = build_model("llama-3.2-3b", "fp16", "meta")
     assert llama.lm_head.weight is llama.model.embed_tokens.weight
+
+
+def test_flux_transformer_has_its_published_parameter_count():
+    from fixtures.models import build_model
+
+    # flux-qlora.md: "trainable params: 4,669,440 || all params: 11,906,077,760"
+    assert sum(p.numel() for p in build_model("flux-dev", "fp16", "meta").parameters()) == 11_906_077_760 - 4_669_440
+
+
+def test_replayed_adapters_train_the_published_parameter_counts():
+    records = {r["case"]: r for r in json.loads(COMMITTED.read_text())["records"]}
+    assert records["flux-dev-qlora-rtx4090"]["trainable_params"] == 4_669_440        # flux-qlora.md
+    assert records["peft-lora-r32-llama-3.2-3b-l40s-len768"]["trainable_params"] == 9_175_040  # num_trainable_params
+    assert records["peft-full-ft-llama-3.2-3b-l40s-len768"]["trainable_params"] == 3_212_749_824
