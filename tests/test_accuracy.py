@@ -78,6 +78,17 @@ def test_committed_page_is_generated_from_the_committed_run(monkeypatch):
     assert render("results/validation.json") + "\n" == (REPO / "docs" / "accuracy.md").read_text()
 
 
+def test_a_bad_history_is_one_error_naming_it(tmp_path, capsys):
+    from fixtures.accuracy import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err
+    assert main([]) == 2 and "usage: python -m fixtures.accuracy" in capsys.readouterr().err
+
+
 def test_committed_run_holds_every_replayed_anchor_with_its_profile():
     records = {r["case"]: r for r in json.loads(COMMITTED.read_text())["records"]}
     for anchor in ANCHORS:
