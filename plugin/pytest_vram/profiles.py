@@ -40,6 +40,8 @@ PROFILES: dict[str, GpuProfile] = {p.name: p for p in (
     GpuProfile("rtx4090", "GeForce RTX 4090 24 GB", _gib(23.65), (8, 9), True, _OOM),
     GpuProfile("a100_40gb", "A100 40 GB", _gib(39.59), (8, 0), True, _OOM),
     GpuProfile("a100_80gb", "A100 80 GB", _gib(79.15), (8, 0), True, _OOM),
+    GpuProfile("l40s", "NVIDIA L40S 48 GB", 46068 * MiB, (8, 9), True,
+               "nvidia-smi total of an NVIDIA L40S (46068 MiB)"),
     GpuProfile("h100_80gb", "H100 80 GB HBM3", 81559 * MiB, (9, 0), True,
                "nvidia-smi total of an H100 80GB HBM3 (81559 MiB)"),
 )}
