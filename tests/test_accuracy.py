@@ -75,7 +75,7 @@ def test_gate_every_anchor_no_error_grows():
 
 def test_committed_page_is_generated_from_the_committed_run(monkeypatch):
     monkeypatch.chdir(REPO)
-    assert render("results/validation.json") + "\n" == (REPO / "docs" / "accuracy.md").read_text()
+    assert render("results/validation.json") == (REPO / "docs" / "accuracy.md").read_text()
 
 
 def test_a_bad_history_is_one_error_naming_it(tmp_path, capsys):
