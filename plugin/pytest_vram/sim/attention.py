@@ -59,6 +59,17 @@ def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
     return aten._scaled_dot_product_attention_math(q, k, v, attn_mask, dropout_p, is_causal, scale=scale)[0]
 
 
+def autocast_inputs(*tensors):
+    """What autocast does before ``scaled_dot_product_attention`` runs: its policy is
+    lower_precision_fp on CPU and on CUDA alike (aten/src/ATen/autocast_mode.cpp, AutocastCPU
+    list; autocast_mode.h ``AT_FORALL_LOWER_PRECISION_FP``), so the floating-point inputs are
+    cast to the region's dtype. The routed function replaces the op above the dispatcher, so
+    it does this itself."""
+    dtype = torch.get_autocast_dtype("cpu")
+    return [t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in tensors]
+
+
 @contextlib.contextmanager
 def routed_attention(capability: tuple[int, int] | None):
     """Within the block, F.scaled_dot_product_attention runs the target's kernel
@@ -67,6 +78,8 @@ def routed_attention(capability: tuple[int, int] | None):
     used: list[str] = []
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if torch.is_autocast_enabled("cpu"):
+            query, key, value, attn_mask = autocast_inputs(query, key, value, attn_mask)
         if enable_gqa and key.size(-3) != query.size(-3):
             repeat = query.size(-3) // key.size(-3)
             key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
