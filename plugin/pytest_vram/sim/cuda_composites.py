@@ -23,6 +23,18 @@ before any ``__torch_dispatch__`` mode sees them, so this is the level where the
   ``_softmax(converted, dim, false)``. bf16 inputs take the copy branch on CUDA too.
 
 For a CPU target nothing is registered: the CPU branches are the right ones.
+
+Checked and found the same on both devices (nothing to do): cross entropy
+(Loss.cpp ``cross_entropy_loss``: ``log_softmax`` then ``nll_loss_nd``, the same ops and saved
+tensors; under autocast CUDA's fp32 policy for log_softmax/nll_loss comes from
+:mod:`.autocast_lists` and the half_to_float branch from here) and group norm
+(group_norm.cpp ``native_group_norm`` is one implementation for CPU and CUDA: mean/rstd in
+``param_scalar_type``). Differs, not modelled: ``native_layer_norm`` on an fp16/bf16 input keeps
+mean and rstd (M rows each) in fp32 on CUDA (cuda/layer_norm_kernel.cu ``layer_norm_cuda``:
+``acc_type``) and in the input's dtype on the CPU (and in torch/_refs ``native_layer_norm``, the
+fake implementation): 4 bytes x M less here per layer norm outside autocast (16 KiB for 4096
+rows; under autocast layer_norm runs in fp32 and both keep fp32). Changing it would mean a
+per-target fake implementation, and fake tensors' dispatch cache is shared process-wide.
 """
 from __future__ import annotations
 
