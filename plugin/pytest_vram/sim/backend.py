@@ -7,8 +7,9 @@ the code paths torch takes on a CUDA tensor where they differ from the CPU's (co
 that branch on ``is_cuda()``, :mod:`.cuda_composites`; autocast's op lists,
 :mod:`.autocast_lists`; the optimizer and clipping implementations, :mod:`.optimizers`), the
 attention kernel it would pick (:mod:`.attention`), the caching allocator's rounding,
-segments and reserved memory (:mod:`.allocator`), the CUDA context (the profile's typical
-size) and the cuBLAS workspace (allocated through the caching allocator on the first matrix
+segments and reserved memory (:mod:`.allocator`), the attention backward kernels' transient
+buffers (:mod:`.attention_workspaces`), the CUDA context (the profile's typical size) and the
+cuBLAS workspace (allocated through the caching allocator on the first matrix
 product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models off it
 simulates a CPU target: the same bytes as a real CPU run. A simulated OOM is raised at the
 first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
@@ -33,6 +34,7 @@ from ..sizes import MiB
 from ..tracker import StorageTracker
 from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
 from .attention import routed_attention
+from .attention_workspaces import backward_temporaries
 from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_quantized_params
 from .cuda_composites import cuda_composites
@@ -47,7 +49,11 @@ WORKSPACE_KEY = -1
 
 
 def cublas_workspace_bytes(profile: GpuProfile) -> int:
-    """PyTorch's default cuBLAS workspace: ':4096:2:16:8' below sm90, 32 MiB on sm90."""
+    """PyTorch's default cuBLAS workspace (aten/src/ATen/cuda/CublasHandlePool.cpp
+    ``parseChosenWorkspaceSize``): ':4096:2:16:8' below sm90, 32 MiB on sm90 and later. The
+    cuBLASLt workspace (addmm, linear) is not a second allocation: torch 2.13 unifies it with the
+    cuBLAS one by default (``TORCH_CUBLASLT_UNIFIED_WORKSPACE``; torch/backends/cuda
+    ``blas_workspace_size``: "physically reuses the same allocation")."""
     return 32 * MiB if profile.compute_capability >= (9, 0) else 2 * 4096 * 1024 + 8 * 16 * 1024
 
 
@@ -87,6 +93,8 @@ class _SimTracker(StorageTracker):
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
                 self.see(leaf)
+        if self._backend.allocator is not None:
+            self._backend._transient(backward_temporaries(func, args, self._backend.profile.compute_capability))
         return out
 
 
@@ -106,6 +114,7 @@ class SimBackend:
         self._limit = limit
         self._workspace = not self.gpu_models  # nothing to allocate for a CPU target
         self._stack = contextlib.ExitStack()
+        self._transient_key = WORKSPACE_KEY  # transient buffers take keys below it
 
     def start(self) -> None:
         capability = self.profile.compute_capability if self.gpu_models else None
@@ -139,6 +148,17 @@ class SimBackend:
     def _free(self, key: int) -> None:
         if self.allocator is not None:
             self.allocator.free(key)
+
+    def _transient(self, sizes: list[int]) -> None:
+        """Buffers a CUDA kernel allocates and frees within one call (see
+        :mod:`.attention_workspaces`): through the allocator model only, no tensor exists."""
+        keys = []
+        for nbytes in sizes:
+            self._transient_key -= 1
+            keys.append(self._transient_key)
+            self._alloc(self._transient_key, nbytes)
+        for key in keys:
+            self._free(key)
 
     def _first_gemm(self) -> None:
         if not self._workspace:
