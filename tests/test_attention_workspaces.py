@@ -81,3 +81,28 @@ def test_cublaslt_shares_the_cublas_workspace():
         del keep
     finally:
         backend.stop()
+
+
+def forward_extra(profile, dtype, b, h, n, d):
+    """Allocator bytes asked for at the forward's peak beyond the live tensors."""
+    backend = SimBackend(profile)
+    backend.start()
+    try:
+        q, k, v = (torch.empty(b, n, h, d, dtype=dtype, requires_grad=True).transpose(1, 2) for _ in range(3))
+        backend.tracker.mark()
+        backend.allocator.reset_peak()
+        F.scaled_dot_product_attention(q, k, v)
+        return backend.allocator.peak_requested - backend.tracker.peak_bytes
+    finally:
+        backend.stop()
+
+
+@pytest.mark.parametrize("dtype, d, accumulator", [
+    (torch.float16, 160, True),    # kMaxK 65536 kernel: output accumulated in fp32 memory
+    (torch.float16, 64, False),    # 64x64 kMaxK 64 kernel: output kept in registers
+    (torch.float32, 160, False),   # fp32 output is its own accumulator
+])
+def test_efficient_forward_output_accumulator(dtype, d, accumulator):
+    b, h, n = 1, 8, 64
+    extra = forward_extra(get_profile("v100"), dtype, b, h, n, d)
+    assert extra == (b * n * h * d * FP32 if accumulator else 0)

@@ -1,8 +1,8 @@
-"""Temporaries the CUDA attention backward kernels allocate through the caching allocator.
+"""Temporaries the CUDA attention kernels allocate through the caching allocator.
 
 The fake kernels return what the CUDA kernels return (dQ, dK, dV); the CUDA host code also
 allocates buffers that never leave the call, through the caching allocator, so they count in
-``max_memory_allocated`` / reserved. :func:`backward_temporaries` gives their sizes, in the order
+``max_memory_allocated`` / reserved. :func:`kernel_temporaries` gives their sizes, in the order
 they are allocated (all freed when the call returns), for a GPU of compute capability ``cc``.
 Sources: pytorch/pytorch aten/src/ATen/native/transformers/cuda/attention_backward.cu and
 flash_attn/flash_api.cpp (main of 2025-26; the versions of torch 2.13's line).
@@ -29,6 +29,14 @@ Memory-efficient attention (``_efficient_attention_backward``, CUDA branch):
   whose ``sizeof(SharedStorage)`` (a compile-time size) fits the card's shared memory: not
   determined here, so delta is not counted there.
 
+Memory-efficient attention forward (``_efficient_attention_forward``): ``output_accum``, fp32
+[B, M, H, Kv], when the kernel needs an output accumulator (``kNeedsOutputAccumulatorBuffer =
+!kKeepOutputInRF && output_accum_t != output_t``, kernel_forward.h): fp16/bf16 inputs on the
+kMaxK 65536 kernels, the only ones for head dims > 128 (kernels/cutlassF.h); none for head
+dims <= 64 (the 64x64 kMaxK 64 kernels keep the output in registers) or fp32. For
+64 < K <= 128 the kMaxK 128 kernel runs if its shared storage fits the card: not determined
+here, not counted.
+
 Not modelled: the efficient kernel's fp32 gradient accumulators (``p.workspace_size()``: sizes
 from compile-time tile shapes and the split-keys heuristic), the 16-element padding of a
 ``grad_bias`` that requires grad, and flash's deterministic mode (``dq_accum`` per split).
@@ -38,6 +46,7 @@ from __future__ import annotations
 import torch
 
 aten = torch.ops.aten
+EFFICIENT_FORWARD = aten._scaled_dot_product_efficient_attention.default
 FLASH_BACKWARD = aten._scaled_dot_product_flash_attention_backward.default
 EFFICIENT_BACKWARD = aten._scaled_dot_product_efficient_attention_backward.default
 FP32 = 4
@@ -86,9 +95,19 @@ def efficient_temporaries(cc: tuple[int, int], grad_out, query, value, out) -> l
     return [*sizes, *converted, grad_out.numel() * FP32, delta, delta]
 
 
-def backward_temporaries(func, args, cc: tuple[int, int]) -> list[int]:
+def efficient_forward_temporaries(query, value) -> list[int]:
+    b, h, m, k = query.shape
+    kv = value.size(-1)
+    if query.dtype not in (torch.float16, torch.bfloat16) or max(k, kv) <= 128:
+        return []
+    return [b * m * h * kv * FP32]
+
+
+def kernel_temporaries(func, args, cc: tuple[int, int]) -> list[int]:
     """Bytes of the transient buffers the CUDA kernel behind ``func`` allocates (none for
     other ops)."""
+    if func is EFFICIENT_FORWARD:
+        return efficient_forward_temporaries(args[0], args[2])
     if func is FLASH_BACKWARD:
         grad_out, query, _, _, out = args[:5]
         return flash_temporaries(grad_out, query, out)

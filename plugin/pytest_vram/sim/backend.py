@@ -7,7 +7,7 @@ the code paths torch takes on a CUDA tensor where they differ from the CPU's (co
 that branch on ``is_cuda()``, :mod:`.cuda_composites`; autocast's op lists,
 :mod:`.autocast_lists`; the optimizer and clipping implementations, :mod:`.optimizers`), the
 attention kernel it would pick (:mod:`.attention`), the caching allocator's rounding,
-segments and reserved memory (:mod:`.allocator`), the attention backward kernels' transient
+segments and reserved memory (:mod:`.allocator`), the attention kernels' transient
 buffers (:mod:`.attention_workspaces`), the CUDA context (the profile's typical size) and the
 cuBLAS workspace (allocated through the caching allocator on the first matrix
 product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models off it
@@ -34,7 +34,7 @@ from ..sizes import MiB
 from ..tracker import StorageTracker
 from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
 from .attention import routed_attention
-from .attention_workspaces import backward_temporaries
+from .attention_workspaces import kernel_temporaries
 from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_quantized_params
 from .cuda_composites import cuda_composites
@@ -94,7 +94,7 @@ class _SimTracker(StorageTracker):
             if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
                 self.see(leaf)
         if self._backend.allocator is not None:
-            self._backend._transient(backward_temporaries(func, args, self._backend.profile.compute_capability))
+            self._backend._transient(kernel_temporaries(func, args, self._backend.profile.compute_capability))
         return out
 
 
