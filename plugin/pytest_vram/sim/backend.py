@@ -14,6 +14,12 @@ product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models o
 simulates a CPU target: the same bytes as a real CPU run. A simulated OOM is raised at the
 first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
 
+Not modelled, for want of a size that the source fixes: cuDNN convolution workspaces (cuDNN
+picks the algorithm, and so the workspace, at run time), the efficient-attention kernels'
+buffers where the kernel choice depends on its shared-memory footprint
+(:mod:`.attention_workspaces`), and allocator fragmentation over many steps (one step is
+replayed).
+
 Reads of tensor values get host-side stand-ins (:mod:`.value_reads`), on either target.
 Libraries that resist fake tensors get a shim while the backend runs, one module each:
 :mod:`.bitsandbytes` (quantized parameter classes, code maps), :mod:`.peft` (LoHa/LoKr
