@@ -160,3 +160,27 @@ def test_peak_requested_is_the_bytes_asked_for_before_rounding():
     assert phase.peak_requested == 1000 + 3 * MiB + 1
     assert phase.peak == 1024 + 3 * MiB + 512
     assert phase.to_dict()["peak_requested"] == phase.peak_requested
+
+
+def _graph_nodes(tensor):
+    seen, pending = set(), [tensor.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        pending += [n for n, _ in node.next_functions]
+    return {type(n).__name__ for n in seen}
+
+
+def test_dropout_called_from_cpp_takes_the_gpu_kernel_too():
+    """SDPA's math path calls at::dropout from C++ (attention.cpp
+    _scaled_dot_product_attention_math): the override is at the dispatcher, so it sees it."""
+    backend = SimBackend(V100)
+    backend.start()
+    try:
+        q = torch.empty(1, 2, 64, 7, requires_grad=True)   # head dim 7: unaligned, the math path
+        out = F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+    finally:
+        backend.stop()
+    assert "NativeDropoutBackward0" in _graph_nodes(out)
