@@ -106,3 +106,47 @@ def test_efficient_forward_output_accumulator(dtype, d, accumulator):
     b, h, n = 1, 8, 64
     extra = forward_extra(get_profile("v100"), dtype, b, h, n, d)
     assert extra == (b * n * h * d * FP32 if accumulator else 0)
+
+
+def gqa_step(profile, dtype, b, hq, hkv, n, d):
+    """(kernel used, bytes the forward keeps, extra allocator bytes at the backward's peak)
+    for an SDPA with enable_gqa: hkv key/value heads shared by hq query heads."""
+    from pytest_vram.sim import attention
+
+    backend = SimBackend(profile)
+    backend.start()
+    try:
+        q = torch.empty(b, n, hq, d, dtype=dtype, requires_grad=True).transpose(1, 2)
+        k, v = (torch.empty(b, n, hkv, d, dtype=dtype, requires_grad=True).transpose(1, 2) for _ in range(2))
+        calls = []
+        original = attention._run
+        attention._run = lambda kernel, *a: calls.append(kernel) or original(kernel, *a)
+        try:
+            before = backend.tracker.live_bytes
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            kept = backend.tracker.live_bytes - before
+        finally:
+            attention._run = original
+        backend.tracker.mark()
+        backend.allocator.reset_peak()
+        out.backward(torch.empty(b, n, hq, d, dtype=dtype).transpose(1, 2))
+        return calls[0], kept, backend.allocator.peak_requested - backend.tracker.peak_bytes
+    finally:
+        backend.stop()
+
+
+def test_gqa_runs_flash_on_shared_kv_heads_and_expands_only_the_gradients():
+    """Flash takes GQA natively (no repeated K/V kept); mha_bwd allocates dk/dv_expanded."""
+    b, hq, hkv, n, d = 1, 8, 2, 256, 64
+    kernel, kept, extra = gqa_step(get_profile("a100_40gb"), torch.float16, b, hq, hkv, n, d)
+    assert kernel == "flash"
+    output, logsumexp = b * n * hq * d * 2, b * hq * n * FP32
+    assert 0 <= kept - output - logsumexp <= 64          # + the rng state scalars; no repeated K/V
+    softmax_d, dq_accum = b * hq * 256 * FP32, b * 256 * hq * 64 * FP32
+    assert extra == softmax_d + dq_accum + 2 * b * n * hq * d * 2
+
+
+def test_gqa_falls_back_to_math_where_flash_cannot_run():
+    """V100: no flash, and the memory-efficient kernel does not take GQA: torch runs math."""
+    kernel, _, _ = gqa_step(get_profile("v100"), torch.float16, 1, 8, 2, 128, 64)
+    assert kernel == "math"

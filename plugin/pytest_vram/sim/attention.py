@@ -9,6 +9,13 @@ outputs and saved log-sum-exp, never the [B, H, L, L] matrix unless it is the ma
 - an older GPU (V100 sm70, T4 sm75): the memory-efficient kernel;
 - either, when the head dim is not aligned (8 elements for 16-bit, 4 for fp32): math;
 - a CPU target: what torch's own dispatcher picks for these dtypes and shapes on the CPU.
+
+Grouped-query attention (``enable_gqa`` with fewer key/value heads than query heads): of the
+fused kernels only CUDA's flash attention takes it (sdp_utils.cpp: flash's dense constraints
+instantiate ``check_batch_size_and_num_heads_dense<true /*supports GQA*/>``, the
+memory-efficient kernel's and the CPU flash kernel's ``<false>``), reading the shared key/value
+heads in place; otherwise torch falls back to the math path, which repeats them
+(``_scaled_dot_product_attention_math``'s ``enable_gqa``).
 """
 from __future__ import annotations
 
@@ -44,7 +51,7 @@ def cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal) -> str:
     return "cpu_flash" if choice == SDPBackend.FLASH_ATTENTION.value else "math"
 
 
-def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
+def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale, gqa=False):
     if kernel == "efficient":
         if attn_mask is not None and attn_mask.dtype == torch.bool:
             attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill_(attn_mask.logical_not(), float("-inf"))
@@ -56,7 +63,8 @@ def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
     if kernel == "cpu_flash":
         return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
                                                                 attn_mask=attn_mask, scale=scale)[0]
-    return aten._scaled_dot_product_attention_math(q, k, v, attn_mask, dropout_p, is_causal, scale=scale)[0]
+    return aten._scaled_dot_product_attention_math(q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
+                                                   enable_gqa=gqa)[0]
 
 
 def autocast_inputs(*tensors):
@@ -80,15 +88,14 @@ def routed_attention(capability: tuple[int, int] | None):
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if torch.is_autocast_enabled("cpu"):
             query, key, value, attn_mask = autocast_inputs(query, key, value, attn_mask)
-        if enable_gqa and key.size(-3) != query.size(-3):
-            repeat = query.size(-3) // key.size(-3)
-            key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+        gqa = enable_gqa and key.size(-3) != query.size(-3)
         if capability is None:
-            kernel = cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal)
+            kernel = "math" if gqa else cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal)
         else:
             kernel = gpu_kernel(capability, query, attn_mask)
+            kernel = "math" if gqa and kernel != "flash" else kernel
         used.append(kernel)
-        return _run(kernel, query, key, value, attn_mask, dropout_p, is_causal, scale)
+        return _run(kernel, query, key, value, attn_mask, dropout_p, is_causal, scale, gqa)
 
     F.scaled_dot_product_attention = sdpa
     try:

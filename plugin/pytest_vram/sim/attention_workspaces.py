@@ -13,7 +13,9 @@ Flash attention (``_scaled_dot_product_flash_attention_backward_cuda`` -> ``_fla
 - ``grad_out.contiguous()`` and ``out.contiguous()`` of the [B, L, H, D] views: a copy each when
   the view is not contiguous;
 - ``softmax_d``: fp32 [B, H, round_up(Lq, 128)];
-- ``dq_accum``: fp32 [B, round_up(Lq, 128), H, round_up(D, 32 if D <= 128 else 64)].
+- ``dq_accum``: fp32 [B, round_up(Lq, 128), H, round_up(D, 32 if D <= 128 else 64)];
+- with fewer key/value heads than query heads (GQA), ``dk_expanded`` and ``dv_expanded``
+  [B, Lk, H, D] in the inputs' dtype, summed into dK/dV per group.
 
 Memory-efficient attention (``_efficient_attention_backward``, CUDA branch):
 
@@ -61,12 +63,13 @@ def _copy_if_not_contiguous(t: torch.Tensor) -> list[int]:
     return [] if view.is_contiguous() else [view.numel() * view.element_size()]
 
 
-def flash_temporaries(grad_out, query, out) -> list[int]:
+def flash_temporaries(grad_out, query, key, out) -> list[int]:
     b, h, lq, d = query.shape
     head_rounded = _round_up(d, 32 if d <= 128 else 64)
+    expanded = [b * key.size(2) * h * d * query.element_size()] * 2 if key.size(1) != h else []
     return [*_copy_if_not_contiguous(grad_out), *_copy_if_not_contiguous(out),
             b * h * _round_up(lq, 128) * FP32,
-            b * _round_up(lq, 128) * h * head_rounded * FP32]
+            b * _round_up(lq, 128) * h * head_rounded * FP32, *expanded]
 
 
 def kernel_computes_delta(cc: tuple[int, int], dtype: torch.dtype, max_k: int) -> bool | None:
@@ -109,8 +112,8 @@ def kernel_temporaries(func, args, cc: tuple[int, int]) -> list[int]:
     if func is EFFICIENT_FORWARD:
         return efficient_forward_temporaries(args[0], args[2])
     if func is FLASH_BACKWARD:
-        grad_out, query, _, _, out = args[:5]
-        return flash_temporaries(grad_out, query, out)
+        grad_out, query, key, _, out = args[:5]
+        return flash_temporaries(grad_out, query, key, out)
     if func is EFFICIENT_BACKWARD:
         grad_out, query, _, value, _, out = args[:6]
         return efficient_temporaries(cc, grad_out, query, value, out)
