@@ -150,3 +150,23 @@ def test_gqa_falls_back_to_math_where_flash_cannot_run():
     """V100: no flash, and the memory-efficient kernel does not take GQA: torch runs math."""
     kernel, _, _ = gqa_step(get_profile("v100"), torch.float16, 1, 8, 2, 128, 64)
     assert kernel == "math"
+
+
+@pytest.mark.parametrize("last, kept_mask", [(64, 64), (77, 80)])
+def test_efficient_kernel_keeps_the_mask_padded_to_8_element_strides(last, kept_mask):
+    """attention.cpp: the bool mask becomes an additive fp16 mask; preprocess_mask pads rows whose
+    stride is not a multiple of 8 (77 -> 80 columns) and the kernel keeps that copy for backward."""
+    backend = SimBackend(get_profile("v100"))
+    backend.start()
+    try:
+        q = torch.empty(1, 4, 32, 64, dtype=torch.float16, requires_grad=True)
+        k = torch.empty(1, 4, last, 64, dtype=torch.float16, requires_grad=True)
+        mask = torch.ones(32, last, dtype=torch.bool)
+        before = backend.tracker.live_bytes
+        out = F.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+        kept = backend.tracker.live_bytes - before
+    finally:
+        backend.stop()
+    output, logsumexp = 1 * 4 * 32 * 64 * 2, 1 * 4 * 32 * FP32
+    assert kept - output - logsumexp - 32 * kept_mask * 2 in range(0, 65)   # + rng scalars
+    assert out.shape == q.shape

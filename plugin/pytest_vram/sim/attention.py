@@ -8,6 +8,9 @@ outputs and saved log-sum-exp, never the [B, H, L, L] matrix unless it is the ma
   dim <= 256 (multiple of 8); otherwise the memory-efficient kernel;
 - an older GPU (V100 sm70, T4 sm75): the memory-efficient kernel;
 - either, when the head dim is not aligned (8 elements for 16-bit, 4 for fp32): math;
+- a boolean mask becomes an additive one of the query's dtype first, and the memory-efficient
+  kernel gets it padded to 8-element strides (aten/src/ATen/native/transformers/attention.cpp
+  ``scaled_dot_product_attention``: ``convert_boolean_attn_mask``, ``preprocess_mask``);
 - a CPU target: what torch's own dispatcher picks for these dtypes and shapes on the CPU.
 
 Grouped-query attention (``enable_gqa`` with fewer key/value heads than query heads): of the
@@ -51,10 +54,26 @@ def cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal) -> str:
     return "cpu_flash" if choice == SDPBackend.FLASH_ATTENTION.value else "math"
 
 
+def _aligned(t: torch.Tensor, alignment: int) -> bool:
+    return all(t.stride(i) % alignment == 0 for i in range(t.dim() - 1)) and t.stride(-1) == 1
+
+
+def efficient_mask(mask: torch.Tensor, q, k) -> torch.Tensor:
+    """attention.cpp ``preprocess_mask``: a mask whose strides are not multiples of 8 elements is
+    padded by ``8 - last % 8`` columns and sliced back (the padded copy is what the kernel keeps),
+    then expanded to [B, H, Lq, Lk]."""
+    if not _aligned(mask, 8):
+        last = mask.size(-1)
+        mask = F.pad(mask, (0, 8 - last % 8))[..., :last]
+    return mask.expand(q.size(0), q.size(1), q.size(2), k.size(2))
+
+
 def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale, gqa=False):
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        # attention.cpp convert_boolean_attn_mask, before any kernel: an additive mask
+        attn_mask = torch.where(attn_mask, 0.0, torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=q.device))
     if kernel == "efficient":
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill_(attn_mask.logical_not(), float("-inf"))
+        attn_mask = None if attn_mask is None else efficient_mask(attn_mask, q, k)
         need_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         return aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, need_lse, dropout_p, is_causal,
                                                             scale=scale)[0]
