@@ -184,3 +184,22 @@ def test_dropout_called_from_cpp_takes_the_gpu_kernel_too():
     finally:
         backend.stop()
     assert "NativeDropoutBackward0" in _graph_nodes(out)
+
+
+def test_cuda_only_low_precision_ops_cast_a_weight_once_per_autocast_region():
+    """autocast_mode.cpp cached_cast: an fp32 leaf that requires grad is cast to fp16 once per
+    region, for einsum (on CUDA's lower-precision list, not on CPU's) as for linear."""
+    backend = SimBackend(V100)
+    backend.start()
+    try:
+        w = torch.empty(256, 256, requires_grad=True)
+        x = torch.empty(8, 256, dtype=torch.float16)
+        before = backend.tracker.live_bytes
+        with torch.autocast("cpu", dtype=torch.float16):
+            a = torch.einsum("ij,jk->ik", x, w)
+            b = torch.einsum("ij,jk->ik", x, w)
+            inside = backend.tracker.live_bytes - before
+        assert a.dtype == b.dtype == torch.float16
+        assert inside == 256 * 256 * 2 + 2 * 8 * 256 * 2   # one fp16 copy of w, two outputs
+    finally:
+        backend.stop()

@@ -12,7 +12,7 @@ cat, stack, linear algebra, FFTs...) that CUDA leaves alone.
 cudnn convolutions, binary_cross_entropy banned), read from pytorch/pytorch main of 2025-26
 (the first lists that have ``rms_norm``); the Dimname overloads it names are not registered by
 torch 2.13 and are left out. The installed torch's own ``AutocastCUDA`` registrations (compiled
-into the CPU wheel too) are the check: tests/test_autocast_lists.py asserts this table names
+into the CPU wheel too) are the check: tests/test_sim_cuda_paths.py asserts this table names
 exactly the ops that have an ``AutocastCUDA`` kernel.
 
 While active (:func:`cuda_autocast`), Python kernels on the ``AutocastCPU`` key give every op
