@@ -58,5 +58,5 @@ def test_best_fit_ties_go_to_the_lowest_address_whatever_the_creation_order():
     a.free(2)
     a.free(0)                                # two equal free segments; the later-freed is lower
     a.malloc(10, 12 * MiB)
-    seg, offset, _ = a._where[10]
+    seg, offset, *_ = a._where[10]
     assert seg is a.segments[0] and seg.base == 0 and offset == 0

@@ -106,8 +106,9 @@ class CudaBackend:
         breakdown = self.tracker.breakdown_at_peak()
         # the allocator rounds every block; the rounding counts as activations/temporaries
         breakdown["activations"] += peak - sum(breakdown.values())
+        requested = torch.cuda.memory_stats(self.device).get("requested_bytes.all.peak")
         return PhaseResult(name, torch.cuda.memory_allocated(self.device), peak,
-                           torch.cuda.max_memory_reserved(self.device), self.context, breakdown, oom)
+                           torch.cuda.max_memory_reserved(self.device), self.context, breakdown, oom, requested)
 
     def release(self) -> None:
         gc.collect()

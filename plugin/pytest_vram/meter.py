@@ -26,6 +26,9 @@ class PhaseResult:
     context: int
     breakdown: dict[str, int] = field(default_factory=dict)
     oom: bool = False
+    # peak of the bytes tensors asked for, before the allocator's rounding (torch's
+    # memory_stats()["requested_bytes.all.peak"]); None where the backend cannot tell
+    peak_requested: int | None = None
 
     @property
     def total(self) -> int:

@@ -10,6 +10,8 @@ predict reserved memory and where an allocation would run out of memory.
   depends on where Python put an object); a block is split when the remainder
   is at least 512 bytes (small pool) or over 1 MiB (large pool); freed blocks merge with free
   neighbours in their segment.
+- ``requested`` counts the bytes asked for, before rounding (torch's ``requested_bytes``
+  statistic); ``allocated`` the blocks handed out (``allocated_bytes``).
 - When a new segment would pass the device limit, the cached free segments are released
   (``empty_cache``) and the allocation retried once; then it is an OOM.
 """
@@ -61,6 +63,8 @@ class CachingAllocatorModel:
         self.peak_reserved = 0
         self.allocated = 0          # bytes in blocks handed out (rounded, unsplit remainders included)
         self.peak_allocated = 0
+        self.requested = 0          # bytes asked for, unrounded (requested_bytes)
+        self.peak_requested = 0
         self._free: dict[bool, list] = {True: [], False: []}  # pool -> sorted [(size, address, seg)]
         self._where: dict[int, tuple[_Segment, int, int]] = {}
         self._next_address = 0
@@ -68,6 +72,7 @@ class CachingAllocatorModel:
     def reset_peak(self) -> None:
         self.peak_reserved = self.reserved
         self.peak_allocated = self.allocated
+        self.peak_requested = self.requested
 
     def malloc(self, key: int, nbytes: int) -> None:
         size = round_size(nbytes)
@@ -87,16 +92,19 @@ class CachingAllocatorModel:
             found = (seg, 0)
         seg, offset = found
         block_size = self._split(seg, offset, size)
-        self._where[key] = (seg, offset, block_size)
+        self._where[key] = (seg, offset, block_size, nbytes)
         self.allocated += block_size
         self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.requested += nbytes
+        self.peak_requested = max(self.peak_requested, self.requested)
 
     def free(self, key: int) -> None:
         located = self._where.pop(key, None)
         if located is None:
             return
-        seg, offset, block_size = located
+        seg, offset, block_size, nbytes = located
         self.allocated -= block_size
+        self.requested -= nbytes
         index = next(i for i, b in enumerate(seg.blocks) if b[0] == offset)
         seg.blocks[index][2] = True
         # merge with free neighbours

@@ -8,7 +8,17 @@ outputs and saved log-sum-exp, never the [B, H, L, L] matrix unless it is the ma
   dim <= 256 (multiple of 8); otherwise the memory-efficient kernel;
 - an older GPU (V100 sm70, T4 sm75): the memory-efficient kernel;
 - either, when the head dim is not aligned (8 elements for 16-bit, 4 for fp32): math;
+- a boolean mask becomes an additive one of the query's dtype first, and the memory-efficient
+  kernel gets it padded to 8-element strides (aten/src/ATen/native/transformers/attention.cpp
+  ``scaled_dot_product_attention``: ``convert_boolean_attn_mask``, ``preprocess_mask``);
 - a CPU target: what torch's own dispatcher picks for these dtypes and shapes on the CPU.
+
+Grouped-query attention (``enable_gqa`` with fewer key/value heads than query heads): of the
+fused kernels only CUDA's flash attention takes it (sdp_utils.cpp: flash's dense constraints
+instantiate ``check_batch_size_and_num_heads_dense<true /*supports GQA*/>``, the
+memory-efficient kernel's and the CPU flash kernel's ``<false>``), reading the shared key/value
+heads in place; otherwise torch falls back to the math path, which repeats them
+(``_scaled_dot_product_attention_math``'s ``enable_gqa``).
 """
 from __future__ import annotations
 
@@ -44,10 +54,26 @@ def cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal) -> str:
     return "cpu_flash" if choice == SDPBackend.FLASH_ATTENTION.value else "math"
 
 
-def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
+def _aligned(t: torch.Tensor, alignment: int) -> bool:
+    return all(t.stride(i) % alignment == 0 for i in range(t.dim() - 1)) and t.stride(-1) == 1
+
+
+def efficient_mask(mask: torch.Tensor, q, k) -> torch.Tensor:
+    """attention.cpp ``preprocess_mask``: a mask whose strides are not multiples of 8 elements is
+    padded by ``8 - last % 8`` columns and sliced back (the padded copy is what the kernel keeps),
+    then expanded to [B, H, Lq, Lk]."""
+    if not _aligned(mask, 8):
+        last = mask.size(-1)
+        mask = F.pad(mask, (0, 8 - last % 8))[..., :last]
+    return mask.expand(q.size(0), q.size(1), q.size(2), k.size(2))
+
+
+def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale, gqa=False):
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        # attention.cpp convert_boolean_attn_mask, before any kernel: an additive mask
+        attn_mask = torch.where(attn_mask, 0.0, torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=q.device))
     if kernel == "efficient":
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill_(attn_mask.logical_not(), float("-inf"))
+        attn_mask = None if attn_mask is None else efficient_mask(attn_mask, q, k)
         need_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         return aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, need_lse, dropout_p, is_causal,
                                                             scale=scale)[0]
@@ -56,7 +82,19 @@ def _run(kernel: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
     if kernel == "cpu_flash":
         return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
                                                                 attn_mask=attn_mask, scale=scale)[0]
-    return aten._scaled_dot_product_attention_math(q, k, v, attn_mask, dropout_p, is_causal, scale=scale)[0]
+    return aten._scaled_dot_product_attention_math(q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
+                                                   enable_gqa=gqa)[0]
+
+
+def autocast_inputs(*tensors):
+    """What autocast does before ``scaled_dot_product_attention`` runs: its policy is
+    lower_precision_fp on CPU and on CUDA alike (aten/src/ATen/autocast_mode.cpp, AutocastCPU
+    list; autocast_mode.h ``AT_FORALL_LOWER_PRECISION_FP``), so the floating-point inputs are
+    cast to the region's dtype. The routed function replaces the op above the dispatcher, so
+    it does this itself."""
+    dtype = torch.get_autocast_dtype("cpu")
+    return [t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in tensors]
 
 
 @contextlib.contextmanager
@@ -67,15 +105,16 @@ def routed_attention(capability: tuple[int, int] | None):
     used: list[str] = []
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if enable_gqa and key.size(-3) != query.size(-3):
-            repeat = query.size(-3) // key.size(-3)
-            key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+        if torch.is_autocast_enabled("cpu"):
+            query, key, value, attn_mask = autocast_inputs(query, key, value, attn_mask)
+        gqa = enable_gqa and key.size(-3) != query.size(-3)
         if capability is None:
-            kernel = cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal)
+            kernel = "math" if gqa else cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal)
         else:
             kernel = gpu_kernel(capability, query, attn_mask)
+            kernel = "math" if gqa and kernel != "flash" else kernel
         used.append(kernel)
-        return _run(kernel, query, key, value, attn_mask, dropout_p, is_causal, scale)
+        return _run(kernel, query, key, value, attn_mask, dropout_p, is_causal, scale, gqa)
 
     F.scaled_dot_product_attention = sdpa
     try:

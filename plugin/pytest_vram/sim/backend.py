@@ -3,13 +3,24 @@ for the GPU: fake cuda tensors abort autograd on a CPU-only torch) with the stor
 counting every storage, so allocated and peak bytes are exact and no real memory is used.
 
 What differs on the GPU is modelled from the profile, each piece switchable (``gpu_models``):
-the attention kernel it would pick (:mod:`.attention`), the caching allocator's rounding,
-segments and reserved memory (:mod:`.allocator`), the CUDA context (the profile's typical
-size) and the cuBLAS workspace (allocated through the caching allocator on the first matrix
+the code paths torch takes on a CUDA tensor where they differ from the CPU's (composites
+that branch on ``is_cuda()``, :mod:`.cuda_composites`; autocast's op lists,
+:mod:`.autocast_lists`; the optimizer and clipping implementations, :mod:`.optimizers`), the
+attention kernel it would pick (:mod:`.attention`), the caching allocator's rounding,
+segments and reserved memory (:mod:`.allocator`), the attention kernels' transient
+buffers (:mod:`.attention_workspaces`), the CUDA context (the profile's typical size) and the
+cuBLAS workspace (allocated through the caching allocator on the first matrix
 product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models off it
 simulates a CPU target: the same bytes as a real CPU run. A simulated OOM is raised at the
 first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
 
+Not modelled, for want of a size that the source fixes: cuDNN convolution workspaces (cuDNN
+picks the algorithm, and so the workspace, at run time), the efficient-attention kernels'
+buffers where the kernel choice depends on its shared-memory footprint
+(:mod:`.attention_workspaces`), and allocator fragmentation over many steps (one step is
+replayed).
+
+Reads of tensor values get host-side stand-ins (:mod:`.value_reads`), on either target.
 Libraries that resist fake tensors get a shim while the backend runs, one module each:
 :mod:`.bitsandbytes` (quantized parameter classes, code maps), :mod:`.peft` (LoHa/LoKr
 module dropout) and :mod:`.transformers` (packed-sequence detection).
@@ -21,6 +32,7 @@ import gc
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_leaves
 
 from ..meter import PhaseResult
 from ..profiles import GpuProfile
@@ -28,9 +40,14 @@ from ..sizes import MiB
 from ..tracker import StorageTracker
 from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
 from .attention import routed_attention
+from .attention_workspaces import kernel_temporaries
+from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_quantized_params
+from .cuda_composites import cuda_composites
+from .optimizers import target_implementations
 from .peft import host_module_dropout
 from .transformers import unpacked_sequences
+from .value_reads import call_with_host_values
 
 GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
          torch.ops.aten.baddbmm.default}
@@ -38,7 +55,11 @@ WORKSPACE_KEY = -1
 
 
 def cublas_workspace_bytes(profile: GpuProfile) -> int:
-    """PyTorch's default cuBLAS workspace: ':4096:2:16:8' below sm90, 32 MiB on sm90."""
+    """PyTorch's default cuBLAS workspace (aten/src/ATen/cuda/CublasHandlePool.cpp
+    ``parseChosenWorkspaceSize``): ':4096:2:16:8' below sm90, 32 MiB on sm90 and later. The
+    cuBLASLt workspace (addmm, linear) is not a second allocation: torch 2.13 unifies it with the
+    cuBLAS one by default (``TORCH_CUBLASLT_UNIFIED_WORKSPACE``; torch/backends/cuda
+    ``blas_workspace_size``: "physically reuses the same allocation")."""
     return 32 * MiB if profile.compute_capability >= (9, 0) else 2 * 4096 * 1024 + 8 * 16 * 1024
 
 
@@ -74,7 +95,13 @@ class _SimTracker(StorageTracker):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in GEMMS:
             self._backend._first_gemm()
-        return super().__torch_dispatch__(func, types, args, kwargs)
+        out = call_with_host_values(func, args, kwargs or {})
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
+                self.see(leaf)
+        if self._backend.allocator is not None:
+            self._backend._transient(kernel_temporaries(func, args, self._backend.profile.compute_capability))
+        return out
 
 
 class SimBackend:
@@ -93,11 +120,15 @@ class SimBackend:
         self._limit = limit
         self._workspace = not self.gpu_models  # nothing to allocate for a CPU target
         self._stack = contextlib.ExitStack()
-        self.kernels: list[str] = []
+        self._transient_key = WORKSPACE_KEY  # transient buffers take keys below it
 
     def start(self) -> None:
         capability = self.profile.compute_capability if self.gpu_models else None
-        self.kernels = self._stack.enter_context(routed_attention(capability))
+        self._stack.enter_context(routed_attention(capability))
+        if self.gpu_models:
+            self._stack.enter_context(cuda_composites())
+            self._stack.enter_context(cuda_autocast())
+        self._stack.enter_context(target_implementations(gpu=self.gpu_models))
         self._stack.enter_context(fake_quantized_params())
         self._stack.enter_context(host_module_dropout())
         self._stack.enter_context(unpacked_sequences())
@@ -124,6 +155,17 @@ class SimBackend:
         if self.allocator is not None:
             self.allocator.free(key)
 
+    def _transient(self, sizes: list[int]) -> None:
+        """Buffers a CUDA kernel allocates and frees within one call (see
+        :mod:`.attention_workspaces`): through the allocator model only, no tensor exists."""
+        keys = []
+        for nbytes in sizes:
+            self._transient_key -= 1
+            keys.append(self._transient_key)
+            self._alloc(self._transient_key, nbytes)
+        for key in keys:
+            self._free(key)
+
     def _first_gemm(self) -> None:
         if not self._workspace:
             self._workspace = True
@@ -139,10 +181,11 @@ class SimBackend:
         t, a = self.tracker, self.allocator
         breakdown = t.breakdown_at_peak()
         if a is None:
-            return PhaseResult(name, t.live_bytes, t.peak_bytes, None, 0, breakdown, oom)
+            return PhaseResult(name, t.live_bytes, t.peak_bytes, None, 0, breakdown, oom, t.peak_bytes)
         # the allocator's rounding (and the cuBLAS workspace) count as activations/temporaries
         breakdown["activations"] += a.peak_allocated - sum(breakdown.values())
-        return PhaseResult(name, a.allocated, a.peak_allocated, a.peak_reserved, self.context, breakdown, oom)
+        return PhaseResult(name, a.allocated, a.peak_allocated, a.peak_reserved, self.context, breakdown, oom,
+                           a.peak_requested)
 
     def release(self) -> None:
         gc.collect()

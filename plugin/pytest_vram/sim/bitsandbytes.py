@@ -17,6 +17,14 @@ do not:
   beforehand (1 KiB). The 8-bit optimizers build two maps each at construction: the shim
   computes them for real and returns a fake copy, which the tracker counts like the device
   copy the optimizer keeps.
+
+Not modelled, a device branch of bitsandbytes' own: in training, ``bnb.matmul`` (8-bit,
+autograd/_functions.py ``matmul``) runs ``MatMul8bitFp`` for CPU tensors (the weight dequantized
+to a full fp16 temporary per call) and ``MatMul8bitLt`` on CUDA (the input quantized to int8,
+plus the outlier columns ``subA`` kept for backward). Both keep the input for backward; the
+transients differ, and the CUDA path's outlier count depends on the activations' values
+(``int8_vectorwise_quant``'s fake kernel asks for a dynamic size), which a simulation does not
+have: the simulator keeps the CPU path for 8-bit training.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Shim: peft's LoHa/LoKr module dropout under fake tensors.
 
 In training mode peft's LoHa and LoKr layers decide whether to apply the adapter with
-``if torch.rand(1) > module_dropout`` (even when module_dropout is 0). Branching on a fake
-tensor has no value (DataDependentOutputException). While the shim is active those two modules
+``if torch.rand(1) > module_dropout`` (even when module_dropout is 0). A fake tensor has no
+value: the simulator's generic stand-in (:mod:`.value_reads`, zero) would read the comparison
+as False and skip the adapter, allocating less than the real run. While the shim is active those two modules
 see a ``torch`` whose ``rand(1)`` is drawn on the host with Python's ``random`` (seeded, so
 runs are deterministic): the same decision rule, no device memory, as on a GPU where
 ``torch.rand(1)`` is a host tensor too. lycoris-lora guards its draws with
