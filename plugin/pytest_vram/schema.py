@@ -13,7 +13,7 @@ on and the types they check cannot drift apart.
 import functools
 import types
 import typing
-from typing import Required, TypedDict
+from typing import NotRequired, Required, TypedDict
 
 FORMAT = "pytest-vram"
 VERSION = 1
@@ -43,6 +43,9 @@ class Phase(TypedDict):
     total: int
     breakdown: dict[str, int]
     oom: bool
+    # the raw tensor bytes' peak, before the allocator's rounding (torch.cuda.memory_stats()
+    # "requested_bytes.all.peak"); None on the cpu backend; absent in older histories
+    peak_requested: NotRequired[int | None]
 
 
 class Record(TypedDict, total=False):
@@ -64,7 +67,7 @@ class Record(TypedDict, total=False):
     params: dict
 
 
-FIELDS = tuple(Phase.__annotations__)  # allocated, peak, reserved, context, total, breakdown, oom
+FIELDS = tuple(Phase.__annotations__)  # allocated, peak, reserved, context, total, breakdown, oom, peak_requested
 SIZE_FIELDS = tuple(f for f in FIELDS if f not in ("breakdown", "oom"))
 
 
