@@ -123,3 +123,104 @@ def test_fit_of_a_7b_config_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("mistral-7b-lora-r8-nf4-dq-gc-bs1-seq1024: FITS (fits) on 15.782 GiB (v100)")
     assert json.loads((tmp_path / "r.json").read_text())["records"][0]["status"] == "fits"
+
+
+# -- the solver (fixtures/solver.py) ------------------------------------------------------------
+from fixtures.solver import demand, largest, switches, what_if  # noqa: E402
+
+TINY = Case("llama-tiny", seq_len=64, budget="400MiB")
+
+
+@pytest.mark.parametrize("field, values", [("batch_size", [1, 2, 4, 8, 16]), ("seq_len", [16, 32, 64, 128, 256])])
+def test_the_peak_never_falls_as_batch_or_sequence_grows(field, values):
+    """The monotonicity the search relies on: every value below one that fits fits too."""
+    import dataclasses
+
+    peaks = [demand(dataclasses.replace(TINY, **{field: v})) for v in values]
+    assert peaks == sorted(peaks) and peaks[0] < peaks[-1]
+
+
+def test_the_largest_batch_was_simulated_to_fit_and_one_more_was_simulated_not_to(capsys):
+    import dataclasses
+
+    lines = []
+    found = largest(TINY, "batch_size", 0, 1, say=lambda line, flush=False: lines.append(line))
+    assert f"probe batch_size={found}: fits" in "\n".join(lines)
+    assert any(line.startswith(f"probe batch_size={found + 1}: does not fit") for line in lines)
+    assert simulate(dataclasses.replace(TINY, batch_size=found)).status == "fits"
+
+
+def test_headroom_is_left_free_under_the_budget():
+    import dataclasses
+
+    headroom = 20 << 20
+    found = largest(TINY, "batch_size", headroom, 1, say=lambda *a, **k: None)
+    assert found is not None
+    # it fits a budget smaller by the headroom (as if something else held the headroom)
+    meter = simulate(dataclasses.replace(TINY, batch_size=found), (400 << 20) - headroom)
+    assert meter.status == "fits" and meter.peak_total <= (400 << 20) - headroom
+    assert found <= largest(TINY, "batch_size", 0, 1, say=lambda *a, **k: None)
+
+
+def test_nothing_fits_is_none_and_exit_1(capsys):
+    assert largest(dataclasses_replace(TINY, budget="300MiB"), "batch_size", 0, 1, say=lambda *a, **k: None) is None
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--budget", "300MiB", "--max-batch-size")
+    assert code == 1 and "no batch_size fits" in out
+
+
+def dataclasses_replace(case, **kw):
+    import dataclasses
+
+    return dataclasses.replace(case, **kw)
+
+
+def test_an_interrupted_search_keeps_the_largest_fit_so_far():
+    lines = []
+
+    def say(line, flush=False):
+        lines.append(line)
+        if len(lines) == 3:
+            raise KeyboardInterrupt
+
+    found = largest(TINY, "batch_size", 0, 1, say=say)
+    fitting = [int(line.split("=")[1].split(":")[0]) for line in lines if ": fits" in line]
+    assert found == max(fitting)
+    assert lines[-1] == f"interrupted: the largest batch_size simulated to fit so far is {found}"
+
+
+def test_the_command_line_search_prints_one_line_per_probe_and_the_answer(capsys):
+    code, out, _ = fit(capsys, "llama-tiny", "--budget", "400MiB", "--max-seq-len", "--granularity", "32")
+    assert code == 0
+    probes = [line for line in out.splitlines() if line.startswith("probe seq_len=")]
+    answer = int(out.strip().splitlines()[-1].rsplit(" ", 1)[1])
+    assert f"probe seq_len={answer}: fits" in out and len(probes) >= 3
+
+
+def test_what_if_lists_each_switch_best_saving_first(capsys):
+    case = Case("llama-tiny", seq_len=64, targets="all-linear", rank=8)
+    names = [name for name, _ in switches(case)]
+    assert names == ["checkpointing", "optimizer adamw8bit", "optimizer paged-adamw8bit", "nf4-dq",
+                     "fp16 + autocast", "rank 4", "attention targets", "eager attention"]
+    rows = what_if(dataclasses_replace(case, batch_size=8, seq_len=128), say=lambda *a, **k: None)
+    assert sorted(name for _, name, _, _ in rows) == sorted(names)
+    assert [saving for saving, *_ in rows] == sorted((saving for saving, *_ in rows), reverse=True)
+    base = demand(dataclasses_replace(case, batch_size=8, seq_len=128))
+    assert all(saving == base - peak for saving, _, peak, _ in rows)
+    assert dict((n, s) for s, n, _, _ in rows)["checkpointing"] > 0  # it saves activations
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--targets", "all-linear", "--what-if")
+    assert code == 0 and "\nswitch " in out and "eager attention" in out
+
+
+def test_gpus_lists_every_profile(capsys):
+    from pytest_vram.profiles import PROFILES
+
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--gpus")
+    assert code == 0
+    rows = out[out.index("gpu "):].splitlines()[2:]
+    assert [line.split()[0] for line in rows] == list(PROFILES)
+    assert all(line.rstrip().endswith("fits") for line in rows)
+
+
+def test_a_search_that_does_not_apply_is_a_usage_error(capsys):
+    code, _, err = fit(capsys, "llama-tiny", "--max-resolution")
+    assert code == 2 and "--max-resolution does not apply to a llm model" in err
