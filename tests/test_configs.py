@@ -106,6 +106,11 @@ def test_a_config_path_names_the_case_by_its_file(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(path.read_text())
     assert label(str(folder)) == "Qwen2.5-7B" and label(str(folder / "config.json")) == "Qwen2.5-7B"
+    other = tmp_path / "b" / "my-model.json"  # the same label, another architecture: its own twin
+    other.parent.mkdir()
+    other.write_text(json.dumps(read_config(find_config("mistral-7b"))))
+    twin, other_twin = get_model_spec(str(path)).tiny, get_model_spec(str(other)).tiny
+    assert twin != other_twin and get_model_spec(other_twin).config["model_type"] == "mistral"
 
 
 @pytest.mark.parametrize("content, message", [
