@@ -33,7 +33,7 @@ def test_a_case_that_fits_exits_0_with_verdict_margin_breakdown_and_record(capsy
     (rec,) = history.records
     assert rec["status"] == "fits" and rec["backend"] == "sim" and rec["budget_bytes"] == 1 << 30
     assert rec["test"] == "benchmarks/test_llama.py::test_llama[llama-tiny-lora-r8-fp16-budget1GiB-bs1-seq64]"
-    assert rec["params"]["case"]["model"] == "llama-tiny"
+    assert rec["params"]["case"]["model"] == "llama-tiny" and rec["baseline_bytes"] == 0
     margin = int(out.split("GiB to spare (")[1].split(" bytes")[0])
     assert margin == rec["budget_bytes"] - rec["peak_total_bytes"]
 
@@ -224,3 +224,20 @@ def test_gpus_lists_every_profile(capsys):
 def test_a_search_that_does_not_apply_is_a_usage_error(capsys):
     code, _, err = fit(capsys, "llama-tiny", "--max-resolution")
     assert code == 2 and "--max-resolution does not apply to a llm model" in err
+
+
+def test_a_probe_on_the_model_built_once_is_the_fresh_simulation_of_its_value():
+    """The solver's probes fork after one build; each must equal a run that builds anew."""
+    from fixtures.solver import Prober
+
+    prober = Prober(TINY, 400 << 20)
+    try:
+        probed = {bs: prober("batch_size", bs) for bs in (1, 512, 4)}
+    finally:
+        prober.close()
+    for bs, result in probed.items():
+        fresh = simulate(dataclasses_replace(TINY, batch_size=bs), 400 << 20)
+        assert result["phases"] == {n: p.to_dict() for n, p in fresh.phases.items()}
+        assert (result["status"], result["peak_total"], result["oom_phase"]) == \
+            (fresh.status, fresh.peak_total, fresh.oom_phase)
+    assert probed[1]["status"] == "fits" and probed[512]["status"] == "OOM"  # both kinds were compared
