@@ -153,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     for name, ep in sorted(project_commands().items()):
         if name in sub.choices:
             continue  # the plugin's own commands keep their names
+        # no prefix characters: every argument after the name, --help included, is the command's own
         extra = sub.add_parser(name, help=f"{ep.value} (run 'pytest-vram {name} --help')", add_help=False,
                                prefix_chars="\0")
         extra.add_argument("rest", nargs=argparse.REMAINDER)
