@@ -110,7 +110,9 @@ def test_lycoris_targets_only_the_named_modules_and_its_preset_does_not_leak():
     ("adapter", "lorax", "unknown adapter 'lorax'; valid choices: none, lora, dora"),
     ("quantization", "int3", "unknown quantization 'int3'; valid choices: fp32, fp16, nf4-dq"),
     ("optimizer", "sgd", "unknown optimizer 'sgd'; valid choices: adamw, adamw8bit"),
-    ("targets", "mlp", "no target set 'mlp' for llm models; valid choices: all-linear, attention"),
+    ("targets", "mlp", "targets 'mlp' match no layer of llama-tiny; valid choices: all-linear, attention, "
+                       "or module names: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
+    ("budget", "12", "budget '12': malformed size '12': expected a number and a unit"),
     ("gpu", "v200", "unknown GPU profile 'v200'"),
 ])
 def test_bad_case_names_the_value_and_choices(field, value, message):

@@ -4,6 +4,12 @@
     pytest-vram compare OLD NEW [NEW ...] [--format ...] [--fail PHASE.FIELD:LIMIT ...]
     pytest-vram plot HISTORY [HISTORY ...] -o OUT.png
     pytest-vram merge SHARD [SHARD ...] -o OUT.json
+    pytest-vram COMMAND ...   (a project's own: the ``pytest_vram.commands`` entry points)
+
+A project adds a subcommand with an entry point in the group ``pytest_vram.commands``
+(``fit = "fixtures.fit:command"``): a callable taking the arguments after the command's name and
+returning the exit code. It is loaded only when named, so these history commands stay torch-free
+and the plugin knows no model; one that cannot be imported is one line saying how to get it.
 
 Exit codes: 0 success, 1 a --fail expression tripped (or matched no case), 2 bad input (one
 clear message). The history side imports no torch (tests/test_cli_no_torch.py): these commands
@@ -97,6 +103,29 @@ def _merge(args) -> int:
     return 0
 
 
+COMMANDS_GROUP = "pytest_vram.commands"
+
+
+def project_commands() -> dict:
+    """name -> entry point, of every installed ``pytest_vram.commands`` entry point."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+
+def _run_project_command(args) -> int:
+    ep = args.entry_point
+    try:
+        command = ep.load()
+    except ImportError as exc:
+        module = ep.value.split(":")[0]
+        print(f"pytest-vram: error: the {ep.name!r} command comes from {module} ({ep.value}), which cannot be "
+              f"imported ({exc}); run it from the pytest-vram repository root with the suite's libraries "
+              "installed: pip install -e '.[suite]'", file=sys.stderr)
+        return 2
+    return command(args.rest)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pytest-vram", description="GPU memory histories of pytest-vram")
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +150,14 @@ def parser() -> argparse.ArgumentParser:
     join.add_argument("shards", nargs="+", help="--vram-json files (or pytest-benchmark JSONs) of disjoint cases")
     join.add_argument("-o", "--output", required=True, help="the merged --vram-json file to write")
     join.set_defaults(run=_merge)
+    for name, ep in sorted(project_commands().items()):
+        if name in sub.choices:
+            continue  # the plugin's own commands keep their names
+        # no prefix characters: every argument after the name, --help included, is the command's own
+        extra = sub.add_parser(name, help=f"{ep.value} (run 'pytest-vram {name} --help')", add_help=False,
+                               prefix_chars="\0")
+        extra.add_argument("rest", nargs=argparse.REMAINDER)
+        extra.set_defaults(run=_run_project_command, entry_point=ep)
     return p
 
 

@@ -1,0 +1,146 @@
+"""Models from configs (fixtures/configs.py): the zoo's full-size configs build the published
+architectures, each architecture's tiny twin runs for real on CPU with the simulator predicting
+the same bytes, and a config that cannot be used gets one clear error."""
+import json
+
+import pytest
+import torch
+
+from fixtures.cases import Case
+from fixtures.configs import find_config, label, read_config, tiny_config, zoo_names
+from fixtures.models import build_model, get_model_spec
+from pytest_vram.backends import CpuBackend
+from pytest_vram.profiles import get_profile
+from pytest_vram.sim.backend import SimBackend
+
+V100 = get_profile("v100")
+ZOO = zoo_names()
+
+
+def test_the_zoo_holds_the_models_people_fine_tune():
+    assert {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "gemma-2-9b", "phi-3-mini"} <= set(ZOO)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_config_cites_its_source_and_the_loader_strips_it(name):
+    data = read_config(find_config(name))
+    assert "huggingface.co/" in data["_source"] and data["_published_params"]["source"]
+    assert not any(k.startswith("_") for k in get_model_spec(name).config)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_parameter_count_matches_published(name):
+    spec = get_model_spec(name)
+    model = build_model(name, "fp16", "meta")
+    assert {"model": sum(p.numel() for p in model.parameters())} == spec.published_params
+    assert {p.dtype for p in model.parameters()} == {torch.float16}  # not the config's torch_dtype
+
+
+def test_tiny_twin_keeps_the_architecture_with_small_widths():
+    full = get_model_spec("gemma-2-9b").config
+    tiny = tiny_config(full)
+    assert tiny["model_type"] == "gemma2" and tiny["attn_logit_softcapping"] == full["attn_logit_softcapping"]
+    assert (tiny["num_attention_heads"], tiny["num_key_value_heads"], tiny["head_dim"]) == (4, 2, 16)  # GQA kept
+    mha = tiny_config(get_model_spec("llama-2-7b").config)
+    assert mha["num_key_value_heads"] == mha["num_attention_heads"]  # MHA kept
+    assert tiny_config(get_model_spec("mistral-7b").config)["sliding_window"] == 32  # < the twins' 64 tokens
+
+
+class OneRound:
+    def pedantic(self, fn, args=(), rounds=1, iterations=1):
+        return fn(*args)
+
+
+def measure(backend, case):
+    from fixtures.suite import run_case
+    from pytest_vram.meter import Meter
+
+    meter = Meter(backend, backend.profile, None)
+    backend.start()
+    try:
+        loss = run_case(case, meter, OneRound())
+    finally:
+        backend.stop()
+    c, s = meter.phases["creation"], meter.phases["step"]
+    return loss, {"creation.allocated": c.allocated, "step.peak": s.peak, "step.allocated": s.allocated,
+                  "trainable": meter.trainable_params, "breakdown": s.breakdown}
+
+
+# Simulator gaps, owned by the sim/ work (branch simcuda) and named here so they are not lost:
+# SDPA with grouped-query attention and no mask (torch picks the CPU flash kernel for the real
+# run); SDPA with a sliding-window boolean mask (fixed on branch simcuda by its commit 0c56282).
+SIM_GAPS = {"llama-3-8b": "GQA sdpa without a mask", "qwen2.5-7b": "GQA sdpa without a mask",
+            "mistral-7b": "sliding-window mask", "phi-3-mini": "sliding-window mask"}
+
+
+def _zoo_twin_params():
+    for name in ZOO:
+        gap = SIM_GAPS.get(name)
+        yield pytest.param(name, id=name, marks=[pytest.mark.xfail(reason=f"simulator gap: {gap}")] if gap else [])
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_tiny_twin_trains_for_real_on_cpu(name):
+    case = Case(name, "lora", "nf4-dq", targets="all-linear").tiny_twin()
+    assert case.model == f"{name}-tiny"
+    loss, real = measure(CpuBackend(V100), case)
+    assert torch.isfinite(loss) and real["trainable"] > 0
+
+
+@pytest.mark.parametrize("name", _zoo_twin_params())
+@pytest.mark.parametrize("quantization", ["fp32", "nf4-dq"])
+def test_simulator_predicts_the_tiny_twins_real_bytes(name, quantization):
+    case = Case(name, "lora", quantization, targets="all-linear").tiny_twin()
+    _, real = measure(CpuBackend(V100), case)
+    _, sim = measure(SimBackend(V100, gpu_models=False), case)
+    assert sim == real
+
+
+def test_a_config_path_names_the_case_by_its_file(tmp_path):
+    path = tmp_path / "my-model.json"
+    path.write_text(json.dumps(read_config(find_config("qwen2.5-7b"))))
+    case = Case(str(path), "lora", "nf4-dq")
+    assert case.id.startswith("my-model-lora-r8-nf4-dq")
+    assert get_model_spec(str(path)).config["model_type"] == "qwen2"
+    folder = tmp_path / "Qwen2.5-7B"
+    folder.mkdir()
+    (folder / "config.json").write_text(path.read_text())
+    assert label(str(folder)) == "Qwen2.5-7B" and label(str(folder / "config.json")) == "Qwen2.5-7B"
+    other = tmp_path / "b" / "my-model.json"  # the same label, another architecture: its own twin
+    other.parent.mkdir()
+    other.write_text(json.dumps(read_config(find_config("mistral-7b"))))
+    twin, other_twin = get_model_spec(str(path)).tiny, get_model_spec(str(other)).tiny
+    assert twin != other_twin and get_model_spec(other_twin).config["model_type"] == "mistral"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("{not json", "not a readable JSON config"),
+    ('{"model_type": "vit"}', "model_type 'vit' is not a causal LM .* valid choices: .*llama"),
+])
+def test_a_bad_config_gets_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        get_model_spec(str(path))
+
+
+def test_an_unknown_hub_id_is_never_downloaded_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown model 'someone/not-cached'; valid choices: .*mistral-7b.*"
+                                         "local Hugging Face cache .*HF_HUB_OFFLINE=1"):
+        get_model_spec("someone/not-cached")
+
+
+def test_a_hub_id_whose_config_is_in_the_local_cache_is_used(monkeypatch, tmp_path):
+    import huggingface_hub.constants as constants
+
+    snapshot = tmp_path / "models--acme--tiny-qwen" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(read_config(find_config("qwen2.5-7b"))))
+    (tmp_path / "models--acme--tiny-qwen" / "refs").mkdir()
+    (tmp_path / "models--acme--tiny-qwen" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert get_model_spec("acme/tiny-qwen").config["hidden_size"] == 3584
+    assert Case("acme/tiny-qwen").id.startswith("tiny-qwen-lora")

@@ -1,0 +1,243 @@
+"""``pytest-vram fit`` (fixtures/fit.py, reached through the plugin's ``pytest_vram.commands``
+entry point): the suite's verdict for one case from the command line, its margin, breakdown
+and record, exit 0 / 1 / 2."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures.fit import command, simulate
+from fixtures.cases import Case
+from pytest_vram import cli
+from pytest_vram.history import load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fit(capsys, *argv):
+    code = command(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_case_that_fits_exits_0_with_verdict_margin_breakdown_and_record(capsys, tmp_path):
+    path = tmp_path / "fit.json"
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--budget", "1GiB", "--json", str(path))
+    assert code == 0
+    assert out.startswith("llama-tiny-lora-r8-fp16-budget1GiB-bs1-seq64: FITS (fits) on 1.000 GiB")
+    assert "margin: 0." in out and "GiB to spare" in out
+    assert "frozen_weights" in out and "allocator cache + context" in out  # the breakdown table
+    history = load(path)  # the --vram-json schema, validated on load
+    (rec,) = history.records
+    assert rec["status"] == "fits" and rec["backend"] == "sim" and rec["budget_bytes"] == 1 << 30
+    assert rec["test"] == "benchmarks/test_llama.py::test_llama[llama-tiny-lora-r8-fp16-budget1GiB-bs1-seq64]"
+    assert rec["params"]["case"]["model"] == "llama-tiny" and rec["baseline_bytes"] == 0
+    margin = int(out.split("GiB to spare (")[1].split(" bytes")[0])
+    assert margin == rec["budget_bytes"] - rec["peak_total_bytes"]
+
+
+def test_the_verdict_is_the_suites_for_the_same_case():
+    """Same meter, same backend, same budget rule: fit's simulate() is the suite's run."""
+    from pytest_vram.sim.backend import SimBackend
+    from pytest_vram.meter import Meter
+    from pytest_vram.profiles import get_profile
+    from fixtures.fit import OneRound
+    from fixtures.suite import run_case
+
+    case = Case("llama-tiny", seq_len=64, budget="1GiB")
+    ours = simulate(case)
+    backend = SimBackend(get_profile("v100"), budget=1 << 30)
+    meter = Meter(backend, backend.profile, 1 << 30)
+    backend.start()
+    try:
+        run_case(case, meter, OneRound())
+    finally:
+        backend.stop()
+    assert {n: p.to_dict() for n, p in ours.phases.items()} == {n: p.to_dict() for n, p in meter.phases.items()}
+
+
+def test_a_case_that_does_not_fit_exits_1_and_says_what_it_needs(capsys):
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--budget", "310MiB")
+    assert code == 1
+    assert ": DOES NOT FIT (OOM) on 0.303 GiB" in out
+    need = int(out.split("the case needs ")[1].split("(")[1].split(" bytes")[0])
+    assert need > 310 << 20 and "more than the budget of 0.303 GiB" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["gpt-5"], "unknown model 'gpt-5'; valid choices: llama-7b"),
+    (["llama-tiny", "--gpu", "v200"], "unknown GPU profile 'v200'; valid choices: v100"),
+    (["llama-tiny", "--quantization", "int3"], "unknown quantization 'int3'; valid choices: fp32"),
+    (["llama-tiny", "--budget", "12"], "budget '12': malformed size"),
+    (["llama-tiny", "--targets", "qq_proj"], "targets 'qq_proj' match no layer of llama-tiny; valid choices"),
+])
+def test_bad_input_exits_2_with_one_message(capsys, argv, message):
+    code, _, err = fit(capsys, *argv)
+    assert code == 2
+    assert err.startswith("pytest-vram fit: error: ") and message in err and "Traceback" not in err
+
+
+def test_argparse_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        command(["llama-tiny", "--gpu", "v100", "--budget", "1GiB"])
+    assert exc.value.code == 2
+
+
+@pytest.fixture
+def commands_entry_point(tmp_path, monkeypatch):
+    """What ``pip install -e .`` registers from pyproject.toml: the ``pytest_vram.commands`` group."""
+    info = tmp_path / "suite_commands-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: suite-commands\nVersion: 0\n")
+    (info / "entry_points.txt").write_text("[pytest_vram.commands]\nfit = fixtures.fit:command\n"
+                                           "broken = no_such_suite.fit:command\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_the_cli_finds_fit_through_the_entry_point_group(commands_entry_point, capsys):
+    assert cli.main(["fit", "llama-tiny", "--seq-len", "64", "--budget", "1GiB"]) == 0
+    assert "FITS" in capsys.readouterr().out
+
+
+def test_a_command_whose_suite_is_not_importable_says_how_to_get_it(commands_entry_point, capsys):
+    assert cli.main(["broken", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be imported" in err and "pip install -e '.[suite]'" in err
+
+
+def test_pyproject_declares_the_fit_entry_point():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["pytest_vram.commands"] == {"fit": "fixtures.fit:command"}
+
+
+@pytest.mark.slow
+def test_fit_of_a_7b_config_from_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fixtures.fit", "mistral-7b", "--quantization", "nf4-dq",
+                             "--checkpointing", "--seq-len", "1024", "--json", str(tmp_path / "r.json")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("mistral-7b-lora-r8-nf4-dq-gc-bs1-seq1024: FITS (fits) on 15.782 GiB (v100)")
+    assert json.loads((tmp_path / "r.json").read_text())["records"][0]["status"] == "fits"
+
+
+# -- the solver (fixtures/solver.py) ------------------------------------------------------------
+from fixtures.solver import demand, largest, switches, what_if  # noqa: E402
+
+TINY = Case("llama-tiny", seq_len=64, budget="400MiB")
+
+
+@pytest.mark.parametrize("field, values", [("batch_size", [1, 2, 4, 8, 16]), ("seq_len", [16, 32, 64, 128, 256])])
+def test_the_peak_never_falls_as_batch_or_sequence_grows(field, values):
+    """The monotonicity the search relies on: every value below one that fits fits too."""
+    import dataclasses
+
+    peaks = [demand(dataclasses.replace(TINY, **{field: v})) for v in values]
+    assert peaks == sorted(peaks) and peaks[0] < peaks[-1]
+
+
+def test_the_largest_batch_was_simulated_to_fit_and_one_more_was_simulated_not_to(capsys):
+    import dataclasses
+
+    lines = []
+    found = largest(TINY, "batch_size", 0, 1, say=lambda line, flush=False: lines.append(line))
+    assert f"probe batch_size={found}: fits" in "\n".join(lines)
+    assert any(line.startswith(f"probe batch_size={found + 1}: does not fit") for line in lines)
+    assert simulate(dataclasses.replace(TINY, batch_size=found)).status == "fits"
+
+
+def test_headroom_is_left_free_under_the_budget():
+    import dataclasses
+
+    headroom = 20 << 20
+    found = largest(TINY, "batch_size", headroom, 1, say=lambda *a, **k: None)
+    assert found is not None
+    # it fits a budget smaller by the headroom (as if something else held the headroom)
+    meter = simulate(dataclasses.replace(TINY, batch_size=found), (400 << 20) - headroom)
+    assert meter.status == "fits" and meter.peak_total <= (400 << 20) - headroom
+    assert found <= largest(TINY, "batch_size", 0, 1, say=lambda *a, **k: None)
+
+
+def test_nothing_fits_is_none_and_exit_1(capsys):
+    assert largest(dataclasses_replace(TINY, budget="300MiB"), "batch_size", 0, 1, say=lambda *a, **k: None) is None
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--budget", "300MiB", "--max-batch-size")
+    assert code == 1 and "no batch_size fits" in out
+
+
+def dataclasses_replace(case, **kw):
+    import dataclasses
+
+    return dataclasses.replace(case, **kw)
+
+
+def test_an_interrupted_search_keeps_the_largest_fit_so_far():
+    lines = []
+
+    def say(line, flush=False):
+        lines.append(line)
+        if len(lines) == 3:
+            raise KeyboardInterrupt
+
+    found = largest(TINY, "batch_size", 0, 1, say=say)
+    fitting = [int(line.split("=")[1].split(":")[0]) for line in lines if ": fits" in line]
+    assert found == max(fitting)
+    assert lines[-1] == f"interrupted: the largest batch_size simulated to fit so far is {found}"
+
+
+def test_the_command_line_search_prints_one_line_per_probe_and_the_answer(capsys):
+    code, out, _ = fit(capsys, "llama-tiny", "--budget", "400MiB", "--max-seq-len", "--granularity", "32")
+    assert code == 0
+    probes = [line for line in out.splitlines() if line.startswith("probe seq_len=")]
+    answer = int(out.strip().splitlines()[-1].rsplit(" ", 1)[1])
+    assert f"probe seq_len={answer}: fits" in out and len(probes) >= 3
+
+
+def test_what_if_lists_each_switch_best_saving_first(capsys):
+    case = Case("llama-tiny", seq_len=64, targets="all-linear", rank=8)
+    names = [name for name, _ in switches(case)]
+    assert names == ["checkpointing", "optimizer adamw8bit", "optimizer paged-adamw8bit", "nf4-dq",
+                     "fp16 + autocast", "rank 4", "attention targets", "eager attention"]
+    rows = what_if(dataclasses_replace(case, batch_size=8, seq_len=128), say=lambda *a, **k: None)
+    assert sorted(name for _, name, _, _ in rows) == sorted(names)
+    assert [saving for saving, *_ in rows] == sorted((saving for saving, *_ in rows), reverse=True)
+    base = demand(dataclasses_replace(case, batch_size=8, seq_len=128))
+    assert all(saving == base - peak for saving, _, peak, _ in rows)
+    assert dict((n, s) for s, n, _, _ in rows)["checkpointing"] > 0  # it saves activations
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--targets", "all-linear", "--what-if")
+    assert code == 0 and "\nswitch " in out and "eager attention" in out
+
+
+def test_gpus_lists_every_profile(capsys):
+    from pytest_vram.profiles import PROFILES
+
+    code, out, _ = fit(capsys, "llama-tiny", "--seq-len", "64", "--gpus")
+    assert code == 0
+    rows = out[out.index("gpu "):].splitlines()[2:]
+    assert [line.split()[0] for line in rows] == list(PROFILES)
+    assert all(line.rstrip().endswith("fits") for line in rows)
+
+
+def test_a_search_that_does_not_apply_is_a_usage_error(capsys):
+    code, _, err = fit(capsys, "llama-tiny", "--max-resolution")
+    assert code == 2 and "--max-resolution does not apply to a llm model" in err
+
+
+def test_a_probe_on_the_model_built_once_is_the_fresh_simulation_of_its_value():
+    """The solver's probes fork after one build; each must equal a run that builds anew."""
+    from fixtures.solver import Prober
+
+    prober = Prober(TINY, 400 << 20)
+    try:
+        probed = {bs: prober("batch_size", bs) for bs in (1, 512, 4)}
+    finally:
+        prober.close()
+    for bs, result in probed.items():
+        fresh = simulate(dataclasses_replace(TINY, batch_size=bs), 400 << 20)
+        assert result["phases"] == {n: p.to_dict() for n, p in fresh.phases.items()}
+        assert (result["status"], result["peak_total"], result["oom_phase"]) == \
+            (fresh.status, fresh.peak_total, fresh.oom_phase)
+    assert probed[1]["status"] == "fits" and probed[512]["status"] == "OOM"  # both kinds were compared
