@@ -66,19 +66,6 @@ def measure(backend, case):
                   "trainable": meter.trainable_params, "breakdown": s.breakdown}
 
 
-# Simulator gaps, owned by the sim/ work (branch simcuda) and named here so they are not lost:
-# SDPA with grouped-query attention and no mask (torch picks the CPU flash kernel for the real
-# run); SDPA with a sliding-window boolean mask (fixed on branch simcuda by its commit 0c56282).
-SIM_GAPS = {"llama-3-8b": "GQA sdpa without a mask", "qwen2.5-7b": "GQA sdpa without a mask",
-            "mistral-7b": "sliding-window mask", "phi-3-mini": "sliding-window mask"}
-
-
-def _zoo_twin_params():
-    for name in ZOO:
-        gap = SIM_GAPS.get(name)
-        yield pytest.param(name, id=name, marks=[pytest.mark.xfail(reason=f"simulator gap: {gap}")] if gap else [])
-
-
 @pytest.mark.parametrize("name", ZOO)
 def test_tiny_twin_trains_for_real_on_cpu(name):
     case = Case(name, "lora", "nf4-dq", targets="all-linear").tiny_twin()
@@ -87,7 +74,7 @@ def test_tiny_twin_trains_for_real_on_cpu(name):
     assert torch.isfinite(loss) and real["trainable"] > 0
 
 
-@pytest.mark.parametrize("name", _zoo_twin_params())
+@pytest.mark.parametrize("name", ZOO)
 @pytest.mark.parametrize("quantization", ["fp32", "nf4-dq"])
 def test_simulator_predicts_the_tiny_twins_real_bytes(name, quantization):
     case = Case(name, "lora", quantization, targets="all-linear").tiny_twin()

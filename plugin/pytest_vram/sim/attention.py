@@ -14,11 +14,13 @@ outputs and saved log-sum-exp, never the [B, H, L, L] matrix unless it is the ma
 - a CPU target: what torch's own dispatcher picks for these dtypes and shapes on the CPU.
 
 Grouped-query attention (``enable_gqa`` with fewer key/value heads than query heads): of the
-fused kernels only CUDA's flash attention takes it (sdp_utils.cpp: flash's dense constraints
+fused CUDA kernels only flash attention takes it (sdp_utils.cpp: flash's dense constraints
 instantiate ``check_batch_size_and_num_heads_dense<true /*supports GQA*/>``, the
-memory-efficient kernel's and the CPU flash kernel's ``<false>``), reading the shared key/value
-heads in place; otherwise torch falls back to the math path, which repeats them
-(``_scaled_dot_product_attention_math``'s ``enable_gqa``).
+memory-efficient kernel's ``<false>``), reading the shared key/value heads in place; otherwise
+torch falls back to the math path, which repeats them (``_scaled_dot_product_attention_math``'s
+``enable_gqa``). On a CPU target the dispatcher is asked with the real head counts: torch
+2.13's CPU flash kernel is chosen for grouped-query shapes (``torch._fused_sdp_choice`` says so)
+and reads the shared heads in place too.
 """
 from __future__ import annotations
 
@@ -43,14 +45,17 @@ def gpu_kernel(capability: tuple[int, int], query, attn_mask) -> str:
     return "efficient"
 
 
-def cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal) -> str:
-    """Ask torch's dispatcher, with tiny real tensors of the same dtypes and head dims."""
+def cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa=False) -> str:
+    """Ask torch's dispatcher, with tiny real tensors of the same dtypes, head counts and head
+    dims (the CPU's flash kernel takes grouped-query shapes: torch 2.13's dispatcher picks it
+    for them, so the probe keeps the query and key/value head counts)."""
     def probe(t):
-        return torch.zeros(1, 1, 2, t.size(-1), dtype=t.dtype, requires_grad=t.requires_grad)
+        return torch.zeros(1, t.size(-3), 2, t.size(-1), dtype=t.dtype, requires_grad=t.requires_grad)
 
     mask = None if attn_mask is None else torch.zeros(1, 1, 2, 2, dtype=attn_mask.dtype)
     with torch._C._DisableTorchDispatch():
-        choice = torch._fused_sdp_choice(probe(query), probe(key), probe(value), mask, dropout_p, is_causal)
+        choice = torch._fused_sdp_choice(probe(query), probe(key), probe(value), mask, dropout_p, is_causal,
+                                         enable_gqa=enable_gqa)
     return "cpu_flash" if choice == SDPBackend.FLASH_ATTENTION.value else "math"
 
 
@@ -109,7 +114,7 @@ def routed_attention(capability: tuple[int, int] | None):
             query, key, value, attn_mask = autocast_inputs(query, key, value, attn_mask)
         gqa = enable_gqa and key.size(-3) != query.size(-3)
         if capability is None:
-            kernel = "math" if gqa else cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal)
+            kernel = cpu_kernel(query, key, value, attn_mask, dropout_p, is_causal, gqa)
         else:
             kernel = gpu_kernel(capability, query, attn_mask)
             kernel = "math" if gqa and kernel != "flash" else kernel
