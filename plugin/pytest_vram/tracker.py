@@ -5,6 +5,10 @@ counted, and a weakref finalizer uncounts it when the storage dies (torch keeps 
 object per live storage, so the finalizer fires exactly when the memory is released). Storages
 made before tracking started can be added with :meth:`StorageTracker.label`.
 
+A tensor subclass that wraps other tensors (DTensor: a sharded parameter is a wrapper of the
+global shape around the rank's local shard) owns no memory of its own: its inner tensors are
+counted instead (:func:`plain_tensors`), so a rank is charged its local shard, not the global size.
+
 Each storage carries a category label (default ``activations``: activations and temporaries).
 Labels may be set after the fact, so the breakdown at a phase's peak is computed at the end of
 the phase by replaying the allocation log up to the peak with the labels known by then.
@@ -16,7 +20,7 @@ from collections import Counter
 from typing import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 from .schema import CATEGORIES, DEFAULT_CATEGORY
@@ -45,12 +49,15 @@ class StorageTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":  # meta holds no memory
-                self.see(leaf)
+            if isinstance(leaf, torch.Tensor):
+                for plain in plain_tensors(leaf):
+                    if plain.device.type != "meta":  # meta holds no memory
+                        self.see(plain)
         return out
 
     def see(self, tensor: torch.Tensor) -> int:
-        """Count ``tensor``'s storage if it is new; return its key."""
+        """Count ``tensor``'s storage if it is new; return its key. ``tensor`` holds its own
+        storage (not a wrapper subclass: see :func:`plain_tensors`)."""
         storage = tensor.untyped_storage()
         key = self._keys.get(storage)
         if key is not None:
@@ -86,7 +93,8 @@ class StorageTracker(TorchDispatchMode):
             return
         if category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}; valid choices: {', '.join(CATEGORIES)}")
-        self._labels[self.see(tensor)] = category
+        for plain in plain_tensors(tensor):
+            self._labels[self.see(plain)] = category
 
     def mark(self) -> None:
         """Start a new phase: the peak restarts from what is live now."""
@@ -114,6 +122,16 @@ class StorageTracker(TorchDispatchMode):
     def live_storages(self) -> list[tuple[object, int]]:
         """(storage, bytes) of every counted storage still alive."""
         return [(storage, self._sizes[key]) for storage, key in list(self._keys.items()) if key in self._sizes]
+
+
+def plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold ``tensor``'s memory: itself, or for a wrapper subclass (DTensor,
+    whose own storage is a placeholder of the global shape) its inner tensors, recursively."""
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    inner = (getattr(tensor, name) for name in names)  # DTensor also lists its (tensor-less) mesh
+    return [plain for t in inner if isinstance(t, torch.Tensor) for plain in plain_tensors(t)]
 
 
 class Leftovers:
