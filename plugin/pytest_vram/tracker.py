@@ -109,15 +109,23 @@ class StorageTracker(TorchDispatchMode):
             totals[self._labels.get(key, DEFAULT_CATEGORY)] += nbytes
         return {c: int(totals[c]) for c in CATEGORIES}
 
-    def breakdown_at_peak(self) -> dict[str, int]:
-        """Bytes per category at the peak since :meth:`mark`; the parts sum to the peak."""
+    def sizes_at_peak(self) -> dict[int, int]:
+        """key -> bytes of every storage live at the peak since :meth:`mark`."""
         sizes = dict(self._mark_sizes)
         for key, delta in self._log[: self._peak_index]:
             if delta >= 0:
                 sizes[key] = delta
             else:
                 sizes.pop(key, None)
-        return self._by_category(sizes)
+        return sizes
+
+    def allocations(self) -> list[int]:
+        """Bytes of every storage allocated since :meth:`mark`, in order."""
+        return [delta for _, delta in self._log if delta > 0]
+
+    def breakdown_at_peak(self) -> dict[str, int]:
+        """Bytes per category at the peak since :meth:`mark`; the parts sum to the peak."""
+        return self._by_category(self.sizes_at_peak())
 
     def live_storages(self) -> list[tuple[object, int]]:
         """(storage, bytes) of every counted storage still alive."""
