@@ -114,3 +114,15 @@ def test_simulated_rank_equals_a_real_two_process_gloo_run_to_the_byte():
     for rank, figures in enumerate(real):
         simulated, _ = simulate_rank(Layout(2, "fsdp", rank=rank))
         assert figures == simulated
+
+
+def test_tracker_counts_storage_resizes_as_free_and_allocation():
+    """FSDP2 frees an all-gathered parameter with ``untyped_storage().resize_(0)`` and brings it
+    back with ``resize_(size)``: no tensor op, but memory released and allocated again."""
+    with StorageTracker() as tracker:
+        t = torch.empty(100)
+        t.untyped_storage().resize_(0)
+        assert tracker.live_bytes == 0
+        t.untyped_storage().resize_(400)
+        assert tracker.live_bytes == 400
+    assert tracker.allocations() == [400, 400]

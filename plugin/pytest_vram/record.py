@@ -2,7 +2,8 @@
 
 A record (in ``benchmark.extra_info["vram"]`` and in ``--vram-json``) holds, in integer bytes:
 backend, gpu, budget_bytes, fits, oom_phase, status, trainable_params, baseline_bytes (memory
-held when the test started: left by earlier tests), the case's parameters, and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
+held when the test started: left by earlier tests), the case's parameters, ``parallel``
+({ranks, strategy, rank}) where the test measured one rank of a multi-GPU job, and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ LIBRARIES = ("torch", "pytest", "pytest-benchmark", "nvidia-ml-py")
 
 def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -> dict:
     """``params``: the case's parameters, already JSON-native (:func:`stable_params`)."""
-    return {
+    record = {
         "case": case,
         "test": nodeid,
         "backend": meter.backend,
@@ -32,6 +33,9 @@ def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -
         "phases": {name: phase.to_dict() for name, phase in meter.phases.items()},
         "params": params,
     }
+    if meter.layout is not None:
+        record["parallel"] = dict(meter.layout)
+    return record
 
 
 def stable_params(callspec) -> dict:

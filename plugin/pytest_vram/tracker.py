@@ -45,6 +45,46 @@ class StorageTracker(TorchDispatchMode):
         self._mark_sizes: dict[int, int] = {}
         self._peak_index = 0
 
+    # -- storage resizing -----------------------------------------------------------------
+    def __enter__(self):
+        """Also watch ``UntypedStorage.resize_``: FSDP2 frees an all-gathered parameter by
+        resizing its storage to 0 and re-allocates it by resizing it back (``free_storage`` /
+        ``alloc_storage`` in torch/distributed/fsdp/_fully_shard/_fsdp_param.py), never through
+        a tensor op; on the GPU each is a free and a new block from the caching allocator."""
+        original = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(storage, size):
+            key = tracker._keys.get(storage)
+            if key is not None:
+                tracker._resized(key, int(size))
+            return original(storage, size)
+
+        self._restore_resize = original
+        torch.UntypedStorage.resize_ = resize_
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            torch.UntypedStorage.resize_ = self._restore_resize
+
+    def _resized(self, key: int, nbytes: int) -> None:
+        old = self._sizes.get(key, 0)
+        if old == nbytes:
+            return
+        if old:
+            self._sizes[key] = 0
+            self._change(key, -old)
+            if self.on_free is not None:
+                self.on_free(key)
+        if nbytes:
+            if self.on_alloc is not None:
+                self.on_alloc(key, nbytes)
+            self._sizes[key] = nbytes
+            self._change(key, nbytes)
+
     # -- dispatch -------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

@@ -30,16 +30,21 @@ def check_world(world_size: int, rank: int = 0) -> None:
 def fake_process_group(world_size: int, rank: int = 0, device: str = "cpu") -> Iterator:
     """Initialize the default process group with the fake backend as rank ``rank`` of
     ``world_size`` and yield a 1-D DeviceMesh over all ranks (what ``fully_shard`` and DDP
-    take). Refuses to run inside an already initialized process group."""
+    take). Works inside the simulator's fake-tensor mode. Refuses to run inside an already initialized process group."""
     check_world(world_size, rank)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
+    from torch.utils._python_dispatch import _disable_current_modes
 
     if dist.is_initialized():
         raise RuntimeError("a torch.distributed process group is already initialized; "
                            "the fake process group needs the process to itself")
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
-        yield init_device_mesh(device, (world_size,))
+        # the mesh's rank table is a host tensor, real even while the simulator's fake mode
+        # runs (it is read with .tolist()), and no device memory
+        with _disable_current_modes():
+            mesh = init_device_mesh(device, (world_size,))
+        yield mesh
     finally:
         dist.destroy_process_group()
