@@ -106,13 +106,40 @@ def test_fsdp_step_allocates_all_gather_outputs_and_reduce_scatter_inputs(ranks)
     assert kept.allocations().count(flat) == 2 + 2
 
 
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_lora_under_fsdp_shards_the_frozen_base_and_the_adapters(ranks):
+    """LoRA + FSDP2 (the adapter applied before fully_shard, as accelerate does): the frozen
+    base and the LoRA matrices are both sharded; only the adapters have gradients and AdamW
+    state. Loaded from meta shard by shard, as the suite does, the bytes are the same."""
+    single, _ = simulate_rank(Layout(2, "fsdp"), adapter="lora")
+    for from_meta in (False, True):
+        got, _ = simulate_rank(Layout(ranks, "fsdp"), adapter="lora", from_meta=from_meta)
+        for key in ("trainable_params", "frozen_params", "gradients"):
+            assert got[key] * ranks == single[key] * 2
+    full, _ = simulate_rank(Layout(1, "none"))
+    assert got["frozen_params"] == full["trainable_params"] // ranks   # the whole base, 1/N of it
+    assert got["gradients"] == got["trainable_params"]
+
+
+def test_loading_shard_by_shard_never_holds_the_whole_model():
+    """From meta, one full parameter at a time: the setup peak stays below the model's size,
+    where building it whole and then sharding holds all of it first."""
+    full, _ = simulate_rank(Layout(1, "none"))
+    whole_first, _ = simulate_rank(Layout(4, "fsdp"))
+    from_meta, _ = simulate_rank(Layout(4, "fsdp"), from_meta=True)
+    assert whole_first["setup_peak"] >= full["trainable_params"]
+    assert from_meta["setup_peak"] < full["trainable_params"] // 2
+
+
 @pytest.mark.slow
-def test_simulated_rank_equals_a_real_two_process_gloo_run_to_the_byte():
+@pytest.mark.parametrize("adapter, from_meta", [("none", False), ("lora", True)])
+def test_simulated_rank_equals_a_real_two_process_gloo_run_to_the_byte(adapter, from_meta):
     """Two real processes (gloo, real CPU tensors, the cpu backend's tracker): every rank's
-    parameter, gradient and optimizer bytes, and the step's peak, equal the simulated rank's."""
-    real = run_ranks(2, "fsdp", "llama-tiny")
+    parameter, gradient and optimizer bytes, and the peaks of setup and step, equal the
+    simulated rank's: a full fine-tune built whole then sharded, and LoRA loaded from meta."""
+    real = run_ranks(2, "fsdp", "llama-tiny", adapter=adapter, from_meta=from_meta)
     for rank, figures in enumerate(real):
-        simulated, _ = simulate_rank(Layout(2, "fsdp", rank=rank))
+        simulated, _ = simulate_rank(Layout(2, "fsdp", rank=rank), adapter=adapter, from_meta=from_meta)
         assert figures == simulated
 
 
