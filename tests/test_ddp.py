@@ -57,8 +57,12 @@ def test_bucket_view_makes_the_gradient_the_bucket():
 @pytest.mark.parametrize("as_view", [False, True])
 def test_simulated_ddp_rank_equals_a_real_two_process_gloo_run_to_the_byte(as_view):
     """Torch's real DDP (C++ reducer) in two gloo processes against SimulatedDDP on the fake
-    group: parameters, gradients, optimizer state, and the peaks of setup and step."""
+    group: parameters, gradients, optimizer state and the step's peak, to the byte. The setup
+    peak is held only from below: on a receiving rank gloo's broadcast of the parameters
+    releases a buffer on its own thread, so the real setup peak varies between identical runs
+    (rank 1 of three runs: 1,329,792, 1,330,384, 1,329,792 bytes; the simulator: 1,329,792)."""
     real = run_ranks(2, "ddp", "llama-tiny", options={"gradient_as_bucket_view": as_view})
     for rank, figures in enumerate(real):
         simulated, _ = simulate_rank(Layout(2, "ddp", rank=rank, gradient_as_bucket_view=as_view))
+        assert figures.pop("setup_peak") >= simulated.pop("setup_peak")
         assert figures == simulated
