@@ -56,3 +56,15 @@ def test_case_ids_say_the_layout():
     case = Case("llama-13b", "lora", "bf16", gpu="a100_80gb", ranks=8, strategy="fsdp", reshard=False)
     assert case.id == "llama-13b-lora-r8-bf16-fsdp8-noreshard-bs1-seq512"
     assert Case("llama-7b", "lora", "fp16").id == "llama-7b-lora-r8-fp16-bs1-seq512"   # unchanged
+
+
+def test_a_single_gpu_case_records_the_parameters_it_always_had():
+    """The layout fields are left out of a record at their defaults, so single-GPU records stay
+    comparable with histories written before multi-GPU cases existed; a layout is recorded."""
+    from pytest_vram.record import _stable
+
+    single = _stable(Case("llama-7b", "lora", "fp16"))
+    assert not {"ranks", "strategy", "cpu_offload", "reshard"} & set(single)
+    sharded = _stable(Case("llama-7b", "lora", "fp16", ranks=4, strategy="fsdp", reshard=False))
+    assert (sharded["ranks"], sharded["strategy"], sharded["reshard"]) == (4, "fsdp", False)
+    assert "cpu_offload" not in sharded

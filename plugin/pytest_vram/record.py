@@ -15,6 +15,13 @@ from importlib import metadata
 LIBRARIES = ("torch", "pytest", "pytest-benchmark", "nvidia-ml-py")
 
 
+# A dataclass field with ``metadata={OMIT_AT_DEFAULT: True}`` is left out of a record's
+# parameters while it holds its default: an optional field added to a case type later (a
+# multi-GPU layout) then leaves every existing case's record as it was, comparable with old
+# histories.
+OMIT_AT_DEFAULT = "pytest_vram_omit_at_default"
+
+
 def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -> dict:
     """``params``: the case's parameters, already JSON-native (:func:`stable_params`)."""
     record = {
@@ -40,7 +47,8 @@ def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -
 
 def stable_params(callspec) -> dict:
     """The case's parameters as stable JSON (two identical runs give identical files): numbers,
-    strings, bools and None as they are, lists/tuples and dicts of them, dataclasses as dicts,
+    strings, bools and None as they are, lists/tuples and dicts of them, dataclasses as dicts
+    (without the fields marked :data:`OMIT_AT_DEFAULT` that hold their default),
     a function or class as its ``__name__`` (pytest's id for it). Any other object (whose repr
     would hold its address) makes the whole parameter its pytest id: the callspec's id when it
     is the test's only parameter, else pytest's default, the argument name and index (``obj0``)."""
@@ -64,7 +72,8 @@ def _stable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(value, f.name) == f.default)}
     if isinstance(value, (list, tuple)):
         return [_stable(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
