@@ -58,11 +58,11 @@ def test_a_config_path_is_relative_to_the_file(tmp_path):
 def test_keys_are_the_case_fields_so_a_new_field_needs_no_loader_change(tmp_path, monkeypatch):
     @dataclasses.dataclass(frozen=True)
     class Wider(Case):
-        ranks: int = 1
+        new_switch: int = 1
 
     monkeypatch.setattr("fixtures.case_file.Case", Wider)
-    case = parse_case({"model": "llama-tiny", "ranks": 4}, "row")
-    assert case.ranks == 4
+    case = parse_case({"model": "llama-tiny", "new_switch": 4}, "row")
+    assert case.new_switch == 4
 
 
 @pytest.mark.parametrize("text, message", [

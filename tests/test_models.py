@@ -108,7 +108,7 @@ def test_lycoris_targets_only_the_named_modules_and_its_preset_does_not_leak():
 @pytest.mark.parametrize("field, value, message", [
     ("model", "gpt-5", "unknown model 'gpt-5'; valid choices: llama-7b"),
     ("adapter", "lorax", "unknown adapter 'lorax'; valid choices: none, lora, dora"),
-    ("quantization", "int3", "unknown quantization 'int3'; valid choices: fp32, fp16, nf4-dq"),
+    ("quantization", "int3", "unknown quantization 'int3'; valid choices: fp32, fp16, bf16, nf4-dq"),
     ("optimizer", "sgd", "unknown optimizer 'sgd'; valid choices: adamw, adamw8bit"),
     ("targets", "mlp", "targets 'mlp' match no layer of llama-tiny; valid choices: all-linear, attention, "
                        "or module names: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),

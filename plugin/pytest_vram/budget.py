@@ -2,7 +2,8 @@
 of the rule; every backend applies the same enforcement.
 
 **Which budget.** The closest ``vram_budget(SIZE)`` marker; else the closest GPU-profile
-marker's total (``v100``: what the card reports to CUDA); else ``--vram-gpu``'s total; else
+marker's total (``v100``: what the card reports to CUDA; a node-profile marker such as
+``a100_80gb_x8``: one of its cards, the budget of each rank); else ``--vram-gpu``'s total; else
 none. The profile (the card emulated, its CUDA context) is the closest profile marker, else
 ``--vram-gpu``. A budget must be a size with its unit and more than zero: ``vram_budget(12)``
 would silently be 12 bytes, so a bare number is an error asking for the unit.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .profiles import GpuProfile
+from .profiles import NODES, GpuProfile
 from .sizes import format_bytes, parse_size
 
 FITS, OVER_BUDGET, OOM = "fits", "over budget", "OOM"
@@ -74,7 +75,9 @@ def marker_limit(args: tuple, kwargs: dict) -> int:
 
 def budget_for(item, default: GpuProfile | None, profiles: dict[str, GpuProfile]) -> Budget:
     """The item's budget by the rule above. Raises ValueError for a bad ``vram_budget``."""
-    profile = next((profiles[m.name] for m in item.iter_markers() if m.name in profiles), default)
+    # a node-profile marker (a100_80gb_x8) budgets each rank as one of its cards
+    cards = {**{name: node.profile for name, node in NODES.items()}, **profiles}
+    profile = next((cards[m.name] for m in item.iter_markers() if m.name in cards), default)
     marker = item.get_closest_marker("vram_budget")
     if marker is not None:
         return Budget(profile, marker_limit(marker.args, marker.kwargs))

@@ -76,6 +76,7 @@ class Meter:
         self.oom_phase: str | None = None
         self.trainable_params: int | None = None
         self.baseline_bytes: int | None = None  # held on the device when the test started
+        self.layout: dict | None = None  # {"ranks", "strategy", "rank"}: one rank of a multi-GPU job
 
     @property
     def backend(self) -> str:
@@ -109,6 +110,20 @@ class Meter:
             raise PhaseOOM(oom)
         self.phases[name] = self._backend.end_phase(name, oom=False)
 
+    def parallel(self, ranks: int, strategy: str, rank: int = 0) -> None:
+        """Say that this test measures one rank (``rank``) of a ``ranks``-GPU job run with
+        ``strategy`` (e.g. "fsdp", "ddp"): the record carries the three. The budget stays what
+        one GPU has: every rank holds its own share on its own card."""
+        for name, value in (("ranks", ranks), ("rank", rank)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"vram.parallel: {name}={value!r} is not a whole number of ranks")
+        if ranks < 1 or rank >= ranks:
+            raise ValueError(f"vram.parallel: rank {rank} does not exist in a world of {ranks}; "
+                             f"valid choices: 0..{max(ranks - 1, 0)}")
+        if not isinstance(strategy, str) or not strategy:
+            raise ValueError(f"vram.parallel: strategy {strategy!r} should name the strategy (e.g. 'fsdp')")
+        self.layout = {"ranks": ranks, "strategy": strategy, "rank": rank}
+
     def track(self, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Label the model's weights and, as they appear, its gradients and optimizer state,
         so that phases carry a breakdown. Counts the trainable parameters."""
@@ -127,6 +142,14 @@ class Meter:
             for buffer in model.buffers():
                 tracker.label(buffer, "frozen_weights")
         if optimizer is not None:
+            def label_gradients(opt, args, kwargs):
+                # gradients assigned without autograd's accumulation (FSDP2's reduce-scatter
+                # output, DDP's bucket views) never fire the hook above
+                for group in opt.param_groups:
+                    for param in group["params"]:
+                        tracker.label(param.grad, "gradients")
+            optimizer.register_step_pre_hook(label_gradients)
+
             def label_state(opt, args, kwargs):
                 for state in opt.state.values():
                     for value in state.values():

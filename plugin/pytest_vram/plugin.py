@@ -14,7 +14,7 @@ from . import benchmark_bridge, busy, hookspec, isolate, options, record, report
 from .backends import make_backend, resolve_backend_name
 from .budget import Budget, budget_for, verdict
 from .meter import Meter, PhaseOOM
-from .profiles import with_project_profiles
+from .profiles import NODES, with_project_profiles
 from .session import VramSession
 from .settings import Settings
 from .sizes import format_bytes
@@ -57,6 +57,10 @@ def pytest_configure(config):
         config.addinivalue_line(
             "markers", f"{profile.name}: budget the test for a {profile.label} "
             f"({format_bytes(profile.total_bytes)}); select with -m {profile.name}")
+    for node in NODES.values():
+        config.addinivalue_line(
+            "markers", f"{node.name}: budget each rank for one of a node's {node.label} "
+            f"({format_bytes(node.profile.total_bytes)} per rank); select with -m {node.name}")
     config.addinivalue_line(
         "markers", "vram_budget(limit): explicit memory budget, a size with its unit such as '12GiB' or '15 GB'")
     config.addinivalue_line(

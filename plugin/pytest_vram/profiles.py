@@ -47,6 +47,46 @@ PROFILES: dict[str, GpuProfile] = {p.name: p for p in (
 )}
 
 
+@dataclass(frozen=True)
+class NodeProfile:
+    """A machine of ``count`` identical GPUs: a GPU profile x count. A test marked with a node
+    profile is budgeted per rank: each rank has one card's memory (the GPU profile's total)."""
+    name: str
+    gpu: str
+    count: int
+
+    @property
+    def profile(self) -> GpuProfile:
+        return PROFILES[self.gpu]
+
+    @property
+    def label(self) -> str:
+        return f"{self.count}x {self.profile.label}"
+
+
+# Adding a node is one entry: the name says the card and the count.
+NODES: dict[str, NodeProfile] = {n.name: n for n in (
+    NodeProfile("t4_x2", "t4", 2),
+    NodeProfile("rtx4090_x4", "rtx4090", 4),
+    NodeProfile("a100_80gb_x8", "a100_80gb", 8),
+    NodeProfile("h100_80gb_x8", "h100_80gb", 8),
+)}
+
+
+def get_node(name: str) -> NodeProfile:
+    """The node profile called ``name`` ('a100-80gb-x8' works too)."""
+    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
+    try:
+        return NODES[key]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown node profile {name!r}; valid choices: {', '.join(NODES)}") from None
+
+
+def node_for(gpu: str, count: int) -> NodeProfile | None:
+    """The node profile of ``count`` x ``gpu``, if there is one."""
+    return next((n for n in NODES.values() if n.gpu == gpu and n.count == count), None)
+
+
 def get_profile(name: str, table: dict[str, GpuProfile] | None = None) -> GpuProfile:
     """The profile called ``name`` ('a100-40gb' and 'a100_40gb' both work) in ``table``
     (default: the built-in :data:`PROFILES`)."""
@@ -67,9 +107,9 @@ def with_project_profiles(extra: list) -> dict[str, GpuProfile]:
     for profile in extra:
         if not isinstance(profile, GpuProfile):
             raise ValueError(f"pytest_vram_gpu_profiles: expected GpuProfile entries, got {profile!r}")
-        if profile.name in table:
+        if profile.name in table or profile.name in NODES:
             raise ValueError(f"pytest_vram_gpu_profiles: a GPU profile named {profile.name!r} exists "
-                             f"already; profiles: {', '.join(table)}")
+                             f"already; profiles: {', '.join(table)}; node profiles: {', '.join(NODES)}")
         if not profile.name.isidentifier() or profile.name != profile.name.lower():
             raise ValueError(f"pytest_vram_gpu_profiles: profile name {profile.name!r} must be a "
                              "lower-case identifier (it becomes a marker, e.g. 'l4_24gb')")

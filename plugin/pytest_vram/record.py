@@ -2,7 +2,8 @@
 
 A record (in ``benchmark.extra_info["vram"]`` and in ``--vram-json``) holds, in integer bytes:
 backend, gpu, budget_bytes, fits, oom_phase, status, trainable_params, baseline_bytes (memory
-held when the test started: left by earlier tests), the case's parameters, and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
+held when the test started: left by earlier tests), the case's parameters, ``parallel``
+({ranks, strategy, rank}) where the test measured one rank of a multi-GPU job, and per phase {allocated, peak, reserved, context, total, breakdown, oom}.
 """
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from importlib import metadata
 LIBRARIES = ("torch", "pytest", "pytest-benchmark", "nvidia-ml-py")
 
 
+# A dataclass field with ``metadata={OMIT_AT_DEFAULT: True}`` is left out of a record's
+# parameters while it holds its default: an optional field added to a case type later (a
+# multi-GPU layout) then leaves every existing case's record as it was, comparable with old
+# histories.
+OMIT_AT_DEFAULT = "pytest_vram_omit_at_default"
+
+
 def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -> dict:
     """``params``: the case's parameters, already JSON-native (:func:`stable_params`)."""
-    return {
+    record = {
         "case": case,
         "test": nodeid,
         "backend": meter.backend,
@@ -32,11 +40,15 @@ def make_record(case: str, nodeid: str, meter, params: dict, expect_oom: bool) -
         "phases": {name: phase.to_dict() for name, phase in meter.phases.items()},
         "params": params,
     }
+    if meter.layout is not None:
+        record["parallel"] = dict(meter.layout)
+    return record
 
 
 def stable_params(callspec) -> dict:
     """The case's parameters as stable JSON (two identical runs give identical files): numbers,
-    strings, bools and None as they are, lists/tuples and dicts of them, dataclasses as dicts,
+    strings, bools and None as they are, lists/tuples and dicts of them, dataclasses as dicts
+    (without the fields marked :data:`OMIT_AT_DEFAULT` that hold their default),
     a function or class as its ``__name__`` (pytest's id for it). Any other object (whose repr
     would hold its address) makes the whole parameter its pytest id: the callspec's id when it
     is the test's only parameter, else pytest's default, the argument name and index (``obj0``)."""
@@ -60,7 +72,8 @@ def _stable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(value, f.name) == f.default)}
     if isinstance(value, (list, tuple)):
         return [_stable(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):

@@ -48,6 +48,14 @@ class Phase(TypedDict):
     peak_requested: NotRequired[int | None]
 
 
+class Parallel(TypedDict):
+    """One rank of a multi-GPU job: the world size, the strategy (e.g. "fsdp", "ddp") and the
+    rank whose memory the record holds."""
+    ranks: int
+    strategy: str
+    rank: int
+
+
 class Record(TypedDict, total=False):
     """One measured test. ``test`` is its identity (the pytest node id, file::test[params]);
     ``case`` its display name. Histories written before ``test`` existed are keyed by ``case``."""
@@ -65,6 +73,7 @@ class Record(TypedDict, total=False):
     baseline_bytes: int | None  # memory held when the test started: left by an earlier test
     phases: Required[dict[str, Phase]]
     params: dict
+    parallel: Parallel  # only where the test measured one rank of a multi-GPU job
 
 
 FIELDS = tuple(Phase.__annotations__)  # allocated, peak, reserved, context, total, breakdown, oom, peak_requested

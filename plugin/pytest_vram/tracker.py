@@ -5,6 +5,10 @@ counted, and a weakref finalizer uncounts it when the storage dies (torch keeps 
 object per live storage, so the finalizer fires exactly when the memory is released). Storages
 made before tracking started can be added with :meth:`StorageTracker.label`.
 
+A tensor subclass that wraps other tensors (DTensor: a sharded parameter is a wrapper of the
+global shape around the rank's local shard) owns no memory of its own: its inner tensors are
+counted instead (:func:`plain_tensors`), so a rank is charged its local shard, not the global size.
+
 Each storage carries a category label (default ``activations``: activations and temporaries).
 Labels may be set after the fact, so the breakdown at a phase's peak is computed at the end of
 the phase by replaying the allocation log up to the peak with the labels known by then.
@@ -16,7 +20,7 @@ from collections import Counter
 from typing import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 from .schema import CATEGORIES, DEFAULT_CATEGORY
@@ -41,16 +45,63 @@ class StorageTracker(TorchDispatchMode):
         self._mark_sizes: dict[int, int] = {}
         self._peak_index = 0
 
+    # -- storage resizing -----------------------------------------------------------------
+    def __enter__(self):
+        """Also watch ``UntypedStorage.resize_``: FSDP2 frees an all-gathered parameter by
+        resizing its storage to 0 and re-allocates it by resizing it back (``free_storage`` /
+        ``alloc_storage`` in torch/distributed/fsdp/_fully_shard/_fsdp_param.py), never through
+        a tensor op; on the GPU each is a free and a new block from the caching allocator."""
+        original = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(storage, size):
+            key = tracker._keys.get(storage)
+            if key is not None:
+                tracker._resized(key, int(size))
+            return original(storage, size)
+
+        self._restore_resize = original
+        torch.UntypedStorage.resize_ = resize_
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            torch.UntypedStorage.resize_ = self._restore_resize
+
+    def _resized(self, key: int, nbytes: int) -> None:
+        old = self._sizes.get(key, 0)
+        if old == nbytes:
+            return
+        if old:
+            self._sizes[key] = 0
+            self._change(key, -old)
+            if self.on_free is not None:
+                self.on_free(key)
+        if nbytes:
+            if self.on_alloc is not None:
+                self.on_alloc(key, nbytes)
+            self._sizes[key] = nbytes
+            self._change(key, nbytes)
+
     # -- dispatch -------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":  # meta holds no memory
-                self.see(leaf)
+        self.see_outputs(out)
         return out
 
+    def see_outputs(self, out) -> None:
+        """Count the storages of an op's outputs (a wrapper subclass by its inner tensors)."""
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                for plain in plain_tensors(leaf):
+                    if plain.device.type != "meta":  # meta holds no memory
+                        self.see(plain)
+
     def see(self, tensor: torch.Tensor) -> int:
-        """Count ``tensor``'s storage if it is new; return its key."""
+        """Count ``tensor``'s storage if it is new; return its key. ``tensor`` holds its own
+        storage (not a wrapper subclass: see :func:`plain_tensors`)."""
         storage = tensor.untyped_storage()
         key = self._keys.get(storage)
         if key is not None:
@@ -86,7 +137,8 @@ class StorageTracker(TorchDispatchMode):
             return
         if category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}; valid choices: {', '.join(CATEGORIES)}")
-        self._labels[self.see(tensor)] = category
+        for plain in plain_tensors(tensor):
+            self._labels[self.see(plain)] = category
 
     def mark(self) -> None:
         """Start a new phase: the peak restarts from what is live now."""
@@ -101,19 +153,37 @@ class StorageTracker(TorchDispatchMode):
             totals[self._labels.get(key, DEFAULT_CATEGORY)] += nbytes
         return {c: int(totals[c]) for c in CATEGORIES}
 
-    def breakdown_at_peak(self) -> dict[str, int]:
-        """Bytes per category at the peak since :meth:`mark`; the parts sum to the peak."""
+    def sizes_at_peak(self) -> dict[int, int]:
+        """key -> bytes of every storage live at the peak since :meth:`mark`."""
         sizes = dict(self._mark_sizes)
         for key, delta in self._log[: self._peak_index]:
             if delta >= 0:
                 sizes[key] = delta
             else:
                 sizes.pop(key, None)
-        return self._by_category(sizes)
+        return sizes
+
+    def allocations(self) -> list[int]:
+        """Bytes of every storage allocated since :meth:`mark`, in order."""
+        return [delta for _, delta in self._log if delta > 0]
+
+    def breakdown_at_peak(self) -> dict[str, int]:
+        """Bytes per category at the peak since :meth:`mark`; the parts sum to the peak."""
+        return self._by_category(self.sizes_at_peak())
 
     def live_storages(self) -> list[tuple[object, int]]:
         """(storage, bytes) of every counted storage still alive."""
         return [(storage, self._sizes[key]) for storage, key in list(self._keys.items()) if key in self._sizes]
+
+
+def plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold ``tensor``'s memory: itself, or for a wrapper subclass (DTensor,
+    whose own storage is a placeholder of the global shape) its inner tensors, recursively."""
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    inner = (getattr(tensor, name) for name in names)  # DTensor also lists its (tensor-less) mesh
+    return [plain for t in inner if isinstance(t, torch.Tensor) for plain in plain_tensors(t)]
 
 
 class Leftovers:

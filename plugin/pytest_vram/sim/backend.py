@@ -32,7 +32,6 @@ import gc
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._pytree import tree_leaves
 
 from ..meter import PhaseResult
 from ..profiles import GpuProfile
@@ -96,9 +95,7 @@ class _SimTracker(StorageTracker):
         if func in GEMMS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {})
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
-                self.see(leaf)
+        self.see_outputs(out)
         if self._backend.allocator is not None:
             self._backend._transient(kernel_temporaries(func, args, self._backend.profile.compute_capability))
         return out
