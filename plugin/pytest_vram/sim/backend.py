@@ -32,12 +32,11 @@ import gc
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._pytree import tree_leaves
 
 from ..meter import PhaseResult
 from ..profiles import GpuProfile
 from ..sizes import MiB
-from ..tracker import StorageTracker
+from ..tracker import StorageTracker, output_leaves
 from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
 from .attention import routed_attention
 from .attention_workspaces import kernel_temporaries
@@ -96,7 +95,7 @@ class _SimTracker(StorageTracker):
         if func in GEMMS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {})
-        for leaf in tree_leaves(out):
+        for leaf in output_leaves(out):
             if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
                 self.see(leaf)
         if self._backend.allocator is not None:
