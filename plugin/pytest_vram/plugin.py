@@ -5,6 +5,7 @@ knows no particular model. Where things are decided: the budget in :mod:`.budget
 :mod:`.benchmark_bridge`, a project's extensions in :mod:`.hookspec`."""
 from __future__ import annotations
 
+import gc
 import os
 import traceback
 
@@ -21,6 +22,7 @@ from .sizes import format_bytes
 
 STATE = pytest.StashKey[VramSession]()
 METER = pytest.StashKey[Meter]()
+FROZE = pytest.StashKey[bool]()
 
 
 def pytest_addhooks(pluginmanager):
@@ -100,6 +102,17 @@ def pytest_collection_modifyitems(config, items):
     if state.settings.shard:
         items[:], dropped = state.settings.shard.select(items)
         config.hook.pytest_deselected(items=dropped)
+
+
+def pytest_collection_finish(session):
+    """Move the heap that imports and collection built (torch, the model libraries, the items)
+    into the collector's permanent generation (``gc.freeze``): Python's full collections, which
+    the tests' allocations trigger, then stop traversing it on every run. Only reference cycles
+    made before this point go uncollected. Not when a heap is already frozen (an outer session
+    running this one in process, as pytester does); undone at the session's end."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        session.config.stash[FROZE] = True
 
 
 def pytest_report_header(config):
@@ -227,6 +240,8 @@ def pytest_testnodedown(node, error):
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
     config = session.config
+    if config.stash.get(FROZE, False):
+        gc.unfreeze()
     state = config.stash.get(STATE, None)
     if state and not workers.is_controller(config):
         config.workeroutput["vram"] = {"machine": state.describe(), "order": state.order}

@@ -1,13 +1,18 @@
 """A dispatch-level storage tracker: exact live and peak bytes of tensor storages.
 
 Every op output passes through ``__torch_dispatch__``; the first time a storage is seen it is
-counted, and a weakref finalizer uncounts it when the storage dies (torch keeps one Python
-object per live storage, so the finalizer fires exactly when the memory is released). Storages
+counted, and a weakref callback uncounts it when the storage dies (torch keeps one Python
+object per live storage, so the callback fires exactly when the memory is released). Storages
 made before tracking started can be added with :meth:`StorageTracker.label`.
 
 A tensor subclass that wraps other tensors (DTensor: a sharded parameter is a wrapper of the
 global shape around the rank's local shard) owns no memory of its own: its inner tensors are
 counted instead (:func:`plain_tensors`), so a rank is charged its local shard, not the global size.
+
+This runs once per op (tens of thousands per simulated case), so it keeps to plain dicts:
+a live storage is found by its ``id()`` (the entry is removed by the storage's own weakref
+callback, which runs while the object is being deallocated, so an id is never looked up after
+it could be reused), and single-tensor or flat tuple outputs skip the pytree walk.
 
 Each storage carries a category label (default ``activations``: activations and temporaries).
 Labels may be set after the fact, so the breakdown at a phase's peak is computed at the end of
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
+from functools import partial
 from typing import Callable
 
 import torch
@@ -37,7 +43,8 @@ class StorageTracker(TorchDispatchMode):
         self.on_free = on_free
         self.live_bytes = 0
         self.peak_bytes = 0
-        self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._key_of: dict[int, int] = {}    # id(storage) -> key, live storages only
+        self._refs: dict[int, weakref.ref] = {}  # key -> weakref whose callback uncounts it
         self._sizes: dict[int, int] = {}   # key -> nbytes, live storages only
         self._labels: dict[int, str] = {}  # key -> category, kept after death
         self._next_key = 0
@@ -55,7 +62,7 @@ class StorageTracker(TorchDispatchMode):
         tracker = self
 
         def resize_(storage, size):
-            key = tracker._keys.get(storage)
+            key = tracker._key_of.get(id(storage))
             if key is not None:
                 tracker._resized(key, int(size))
             return original(storage, size)
@@ -93,7 +100,7 @@ class StorageTracker(TorchDispatchMode):
 
     def see_outputs(self, out) -> None:
         """Count the storages of an op's outputs (a wrapper subclass by its inner tensors)."""
-        for leaf in tree_leaves(out):
+        for leaf in output_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 for plain in plain_tensors(leaf):
                     if plain.device.type != "meta":  # meta holds no memory
@@ -103,7 +110,8 @@ class StorageTracker(TorchDispatchMode):
         """Count ``tensor``'s storage if it is new; return its key. ``tensor`` holds its own
         storage (not a wrapper subclass: see :func:`plain_tensors`)."""
         storage = tensor.untyped_storage()
-        key = self._keys.get(storage)
+        ident = id(storage)
+        key = self._key_of.get(ident)
         if key is not None:
             return key
         nbytes = storage.nbytes()
@@ -111,11 +119,16 @@ class StorageTracker(TorchDispatchMode):
         if self.on_alloc is not None:
             self.on_alloc(key, nbytes)
         self._next_key += 1
-        self._keys[storage] = key
+        self._key_of[ident] = key
+        self._refs[key] = weakref.ref(storage, partial(self._died, ident, key))
         self._sizes[key] = nbytes
-        weakref.finalize(storage, self._free, key)
         self._change(key, nbytes)
         return key
+
+    def _died(self, ident: int, key: int, _ref: weakref.ref) -> None:
+        del self._key_of[ident]
+        del self._refs[key]
+        self._free(key)
 
     def _free(self, key: int) -> None:
         nbytes = self._sizes.pop(key, 0)
@@ -173,7 +186,18 @@ class StorageTracker(TorchDispatchMode):
 
     def live_storages(self) -> list[tuple[object, int]]:
         """(storage, bytes) of every counted storage still alive."""
-        return [(storage, self._sizes[key]) for storage, key in list(self._keys.items()) if key in self._sizes]
+        live = [(ref(), self._sizes[key]) for key, ref in list(self._refs.items()) if key in self._sizes]
+        return [(storage, nbytes) for storage, nbytes in live if storage is not None]
+
+
+def output_leaves(out) -> tuple | list:
+    """The leaves of an op's output in ``tree_leaves`` order: a tensor alone, a plain tuple or
+    list with no nested containers as it is (most ops), anything else through the pytree walk."""
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if type(out) in (tuple, list) and not any(isinstance(x, (tuple, list, dict)) for x in out):
+        return out
+    return tree_leaves(out)
 
 
 def plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:

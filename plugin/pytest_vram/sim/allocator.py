@@ -14,6 +14,10 @@ predict reserved memory and where an allocation would run out of memory.
   statistic); ``allocated`` the blocks handed out (``allocated_bytes``).
 - When a new segment would pass the device limit, the cached free segments are released
   (``empty_cache``) and the allocation retried once; then it is an OOM.
+
+It runs on every simulated allocation and free, so lookups are binary searches: a segment's
+blocks are found by offset (offsets in a segment are unique and kept sorted) and a pool's free
+blocks are plain ``(size, address)`` tuples, with the segment of each free block in a dict.
 """
 from __future__ import annotations
 
@@ -65,7 +69,8 @@ class CachingAllocatorModel:
         self.peak_allocated = 0
         self.requested = 0          # bytes asked for, unrounded (requested_bytes)
         self.peak_requested = 0
-        self._free: dict[bool, list] = {True: [], False: []}  # pool -> sorted [(size, address, seg)]
+        self._free: dict[bool, list] = {True: [], False: []}  # pool -> sorted [(size, address)]
+        self._free_segment: dict[int, _Segment] = {}  # address of a free block -> its segment
         self._where: dict[int, tuple[_Segment, int, int]] = {}
         self._next_address = 0
 
@@ -105,7 +110,7 @@ class CachingAllocatorModel:
         seg, offset, block_size, nbytes = located
         self.allocated -= block_size
         self.requested -= nbytes
-        index = next(i for i, b in enumerate(seg.blocks) if b[0] == offset)
+        index = _block_index(seg, offset)
         seg.blocks[index][2] = True
         # merge with free neighbours
         for i in (index + 1, index):
@@ -114,7 +119,7 @@ class CachingAllocatorModel:
                 self._unlist(seg, left)
                 self._unlist(seg, right)
                 left[1] += right[1]
-        merged = next(b for b in seg.blocks if b[0] <= offset < b[0] + b[1])
+        merged = seg.blocks[bisect.bisect_right(seg.blocks, offset, key=_offset) - 1]  # the block holding offset
         self._unlist(seg, merged)
         self._list(seg, merged)
 
@@ -134,23 +139,27 @@ class CachingAllocatorModel:
         i = bisect.bisect_left(pool, (size, -1))
         if i == len(pool):
             return None
-        _, address, seg = pool.pop(i)
+        _, address = pool.pop(i)
+        seg = self._free_segment.pop(address)
         return seg, address - seg.base
 
     def _list(self, seg: _Segment, block) -> None:
-        bisect.insort(self._free[seg.small], (block[1], seg.base + block[0], seg), key=lambda e: e[:2])
+        address = seg.base + block[0]
+        bisect.insort(self._free[seg.small], (block[1], address))
+        self._free_segment[address] = seg
 
     def _unlist(self, seg: _Segment, block) -> None:
         pool = self._free[seg.small]
         entry = (block[1], seg.base + block[0])
-        i = bisect.bisect_left(pool, entry, key=lambda e: e[:2])
-        if i < len(pool) and pool[i][:2] == entry:
+        i = bisect.bisect_left(pool, entry)
+        if i < len(pool) and pool[i] == entry:
             pool.pop(i)
+            del self._free_segment[entry[1]]
 
     def _split(self, seg: _Segment, offset: int, size: int) -> int:
         """Hand out the block at ``offset``, splitting off the rest if it is large enough;
         returns the size of the block handed out."""
-        index = next(i for i, b in enumerate(seg.blocks) if b[0] == offset)
+        index = _block_index(seg, offset)
         block = seg.blocks[index]
         remaining = block[1] - size
         splittable = remaining >= MIN_BLOCK if seg.small else remaining > SMALL_SIZE
@@ -161,3 +170,12 @@ class CachingAllocatorModel:
             seg.blocks.insert(index + 1, rest)
             self._list(seg, rest)
         return block[1]
+
+
+def _offset(block) -> int:
+    return block[0]
+
+
+def _block_index(seg: _Segment, offset: int) -> int:
+    """Index of the block starting at ``offset`` in ``seg``."""
+    return bisect.bisect_left(seg.blocks, offset, key=_offset)

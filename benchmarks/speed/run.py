@@ -1,0 +1,187 @@
+"""The simulator's speed, side by side in one run (issue 16, must-have 3), written as JSON.
+
+    PYTHONPATH=$PWD/plugin:$PWD python benchmarks/speed/run.py --matrix -o results/speed.json
+
+Measures, reporting each figure's median (and all runs) and the ratios between them:
+
+- ``qlora_in_process``: one LLaMA-7B QLoRA case (nf4-dq + LoRA r8 + checkpointing, bs1 seq512),
+  creation + step, run in this process by :mod:`inprocess` (the fixture's flow without pytest;
+  one warm-up run first, so imports and first-call caches are not counted);
+- ``qlora_process``: the same case as a user runs it, ``pytest benchmarks -m v100 -k ID`` in a
+  fresh process (imports, collection and the fixture included);
+- ``step_vs_memtracker``: the LLaMA-7B LoRA fp16 bs1 seq512 training step (forward, backward,
+  optimizer step) under PyTorch's MemTracker (patched to accept a PEFT model: see
+  :mod:`memtracker`) against the same step under the simulator (budget unlimited so that it is
+  not cut short by the V100's OOM); both on fake tensors, each with its own peak;
+- ``accelerate_estimate``: what ``accelerate estimate-memory`` computes, through its Python API
+  (the command itself fetches the config from the hub, which this suite never calls): the
+  config the suite builds LLaMA-7B from, ``AutoModel.from_config`` under ``init_empty_weights``
+  (as ``create_empty_model`` does), ``calculate_maximum_sizes`` and ``estimate_training_usage``
+  for float16 ("Training using Adam" is the largest of its figures); timed against the LoRA
+  fp16 case's creation + step in process, and its figure set beside the simulator's step peak;
+- ``matrix`` (``--matrix``; minutes): the whole ``-m v100`` matrix serial and with ``-n 2``
+  (pytest-xdist), each once, its records compared with results/sim-v100.json by
+  ``pytest-vram compare`` (expect "no memory changes").
+
+Wall times of a shared 2-core machine are noisy: quote the ratios, measured in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(REPO), str(REPO / "plugin")]
+
+QLORA = "llama-7b-lora-r8-nf4-dq-gc-bs1-seq512"
+LORA_FP16 = "llama-7b-lora-r8-fp16-bs1-seq512"
+UNLIMITED = 1 << 50  # bytes: no simulated OOM
+
+
+def summary(values: list[float]) -> dict:
+    return {"median_s": round(statistics.median(values), 3), "runs_s": [round(v, 3) for v in values]}
+
+
+def ratio(a: dict, b: dict) -> float:
+    return round(a["median_s"] / b["median_s"], 2)
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugin"), str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def timed_process(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return seconds, done
+
+
+def qlora_in_process(runs: int) -> dict:
+    from inprocess import case_by_id, run_in_process
+
+    case = case_by_id(QLORA)
+    run_in_process(case)  # warm-up
+    return {"case": QLORA, **summary([run_in_process(case)[0] for _ in range(runs)])}
+
+
+def qlora_process(runs: int) -> dict:
+    argv = [sys.executable, "-m", "pytest", "benchmarks", "-m", "v100", "-k", QLORA, "-p", "no:cacheprovider", "-q"]
+    return {"case": QLORA, "command": " ".join(["python"] + argv[1:]),
+            **summary([timed_process(argv)[0] for _ in range(runs)])}
+
+
+def step_vs_memtracker(runs: int, memtracker_runs: int) -> dict:
+    from inprocess import case_by_id, run_in_process
+    from memtracker import step_under_memtracker
+
+    case = case_by_id(LORA_FP16)
+    run_in_process(case, UNLIMITED)  # warm-up
+    ours, peak = [], None
+    for _ in range(runs):
+        _, step_seconds, phases = run_in_process(case, UNLIMITED)
+        ours.append(step_seconds)
+        peak = phases["step"]
+    theirs, their_peak = [], None
+    for _ in range(memtracker_runs):
+        seconds, their_peak = step_under_memtracker(case)
+        theirs.append(seconds)
+    ours_s, theirs_s = summary(ours), summary(theirs)
+    return {"case": LORA_FP16, "simulator_step": ours_s, "memtracker_step": theirs_s,
+            "memtracker_over_simulator": ratio(theirs_s, ours_s),
+            "simulator_step_peak_bytes": peak["peak"], "simulator_step_peak_requested_bytes": peak["peak_requested"],
+            "simulator_step_peak_reserved_bytes": peak["reserved"], "memtracker_peak_bytes": their_peak}
+
+
+def accelerate_estimate(runs: int) -> dict:
+    from accelerate import init_empty_weights
+    from accelerate.commands.estimate import estimate_training_usage
+    from accelerate.utils import calculate_maximum_sizes
+    from transformers import AutoModel, LlamaConfig
+
+    from fixtures.models import get_model_spec
+    from inprocess import case_by_id, run_in_process
+
+    config = LlamaConfig(**get_model_spec("llama-7b").config)
+
+    def estimate() -> tuple[float, int]:
+        start = time.perf_counter()
+        with init_empty_weights():
+            model = AutoModel.from_config(config)
+        total, _ = calculate_maximum_sizes(model)
+        training = max(estimate_training_usage(total, "float16").values())
+        return time.perf_counter() - start, int(training)
+
+    estimate()  # warm-up
+    figures = [estimate() for _ in range(runs)]
+    case = case_by_id(LORA_FP16)
+    ours = [run_in_process(case, UNLIMITED) for _ in range(runs)]
+    theirs_s, ours_s = summary([f[0] for f in figures]), summary([o[0] for o in ours])
+    step = ours[-1][2]["step"]
+    return {"model": "llama-7b", "accelerate": theirs_s, "simulator_creation_and_step": ours_s,
+            "simulator_over_accelerate": ratio(ours_s, theirs_s),
+            "accelerate_training_using_adam_bytes": figures[-1][1],
+            "simulator_step_total_bytes": step["total"],
+            "accelerate_over_simulator_bytes": round(figures[-1][1] / step["total"], 2)}
+
+
+def matrix() -> dict:
+    out = {}
+    for name, extra in (("serial", []), ("xdist_n2", ["-n", "2"])):
+        with tempfile.TemporaryDirectory() as tmp:
+            records = Path(tmp) / "records.json"
+            argv = [sys.executable, "-m", "pytest", "benchmarks", "-m", "v100", "-p", "no:cacheprovider", "-q",
+                    "--vram-json", str(records), *extra]
+            seconds, _ = timed_process(argv)
+            compare = subprocess.run([sys.executable, "-c", "import sys; from pytest_vram.cli import main; "
+                                      "sys.exit(main())", "compare", "results/sim-v100.json", str(records)],
+                                     cwd=REPO, env=child_env(), capture_output=True, text=True)
+        out[name] = {"command": " ".join(["python"] + argv[1:-2 - len(extra)] + extra),
+                     "wall_s": round(seconds, 1), "compare_with_sim_v100": compare.stdout.strip().splitlines()[-1:]}
+    out["serial_over_xdist_n2"] = round(out["serial"]["wall_s"] / out["xdist_n2"]["wall_s"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="counted runs of each in-process figure")
+    parser.add_argument("--process-runs", type=int, default=3, help="counted runs of the single-case process")
+    parser.add_argument("--memtracker-runs", type=int, default=1, help="runs under MemTracker (~30 s each)")
+    parser.add_argument("--matrix", action="store_true", help="also time the whole -m v100 matrix (minutes)")
+    parser.add_argument("-o", "--output", type=Path, help="write the JSON here (default: print it)")
+    args = parser.parse_args(argv)
+    inproc = qlora_in_process(args.runs)
+    process = qlora_process(args.process_runs)
+    result = {
+        "command": "python benchmarks/speed/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "qlora_in_process": inproc,
+        "qlora_process": process,
+        "process_over_in_process": ratio(process, inproc),
+        "step_vs_memtracker": step_vs_memtracker(args.runs, args.memtracker_runs),
+        "accelerate_estimate": accelerate_estimate(args.runs),
+    }
+    if args.matrix:
+        result["matrix"] = matrix()
+    text = json.dumps(result, indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

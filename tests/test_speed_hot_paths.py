@@ -1,0 +1,92 @@
+"""The tracker's and allocator model's fast paths keep what they compute: the same leaves in
+the same order as torch's pytree, a storage counted once while alive and again if a new one
+takes a dead one's id, and an allocator whose free lists always match its segments."""
+import random
+
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves
+
+from pytest_vram.sim.allocator import CachingAllocatorModel
+from pytest_vram.tracker import StorageTracker, output_leaves
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("out", [
+    torch.ones(2),
+    (torch.ones(1), None, torch.ones(2), 3),
+    [torch.ones(1), torch.ones(2)],
+    (torch.ones(1), (torch.ones(2), [torch.ones(3)]), {"a": torch.ones(4)}),
+    torch.max(torch.ones(2, 3), dim=1),       # a structseq: torch.return_types.max
+    None, 7, (),
+], ids=["tensor", "flat-tuple", "list", "nested", "structseq", "none", "int", "empty"])
+def test_output_leaves_are_tree_leaves_in_order(out):
+    got = [id(x) for x in output_leaves(out) if isinstance(x, torch.Tensor)]
+    assert got == [id(x) for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
+
+
+def test_a_new_storage_with_a_dead_ones_id_is_counted_as_new():
+    tracker = StorageTracker()
+    for n in range(1, 301):
+        t = torch.empty(n, dtype=torch.uint8)
+        tracker.see(t)
+        assert tracker.live_bytes == n      # the storage before it (maybe at the same id) is gone
+        del t
+        assert tracker.live_bytes == 0
+    assert tracker.peak_bytes == 300
+    assert len(tracker._sizes) == 0 and len(tracker._key_of) == 0 and len(tracker._refs) == 0
+
+
+def test_a_storage_is_counted_once_while_alive():
+    tracker = StorageTracker()
+    t = torch.empty(100, dtype=torch.uint8)
+    key = tracker.see(t)
+    assert tracker.see(t[10:]) == key       # a view: the same storage
+    assert tracker.live_bytes == 100
+    assert tracker.live_storages() == [(t.untyped_storage(), 100)]
+
+
+def _check_consistent(a: CachingAllocatorModel) -> None:
+    """Blocks tile each segment; the free lists hold exactly the free blocks; the totals add up."""
+    free = {True: [], False: []}
+    allocated = 0
+    for seg in a.segments:
+        assert [b[0] for b in seg.blocks] == sorted(b[0] for b in seg.blocks)
+        assert sum(b[1] for b in seg.blocks) == seg.size
+        assert all(left[0] + left[1] == right[0] for left, right in zip(seg.blocks, seg.blocks[1:]))
+        assert not any(left[2] and right[2] for left, right in zip(seg.blocks, seg.blocks[1:]))  # merged
+        for b in seg.blocks:
+            if b[2]:
+                free[seg.small].append((b[1], seg.base + b[0]))
+            else:
+                allocated += b[1]
+    for pool in (True, False):
+        assert a._free[pool] == sorted(free[pool])
+        assert all(a._free_segment[address].small is pool for _, address in a._free[pool])
+    assert len(a._free_segment) == len(a._free[True]) + len(a._free[False])
+    assert a.allocated == allocated
+    assert a.reserved == sum(seg.size for seg in a.segments)
+
+
+def test_random_mallocs_and_frees_keep_the_model_consistent():
+    rng = random.Random(0)
+    a = CachingAllocatorModel(limit=None)
+    live = []
+    for key in range(3000):
+        if live and rng.random() < 0.45:
+            a.free(live.pop(rng.randrange(len(live))))
+        else:
+            size = rng.choice([rng.randint(1, 4096), rng.randint(1, 2 * MiB), rng.randint(1, 40 * MiB)])
+            a.malloc(key, size)
+            live.append(key)
+        if key % 500 == 0:
+            a.empty_cache()
+        if key % 100 == 0:
+            _check_consistent(a)
+    for key in live:
+        a.free(key)
+    _check_consistent(a)
+    assert a.allocated == 0 and a.requested == 0
+    a.empty_cache()
+    assert a.reserved == 0 and a.segments == []
