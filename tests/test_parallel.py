@@ -135,11 +135,17 @@ def test_loading_shard_by_shard_never_holds_the_whole_model():
 @pytest.mark.parametrize("adapter, from_meta", [("none", False), ("lora", True)])
 def test_simulated_rank_equals_a_real_two_process_gloo_run_to_the_byte(adapter, from_meta):
     """Two real processes (gloo, real CPU tensors, the cpu backend's tracker): every rank's
-    parameter, gradient and optimizer bytes, and the peaks of setup and step, equal the
-    simulated rank's: a full fine-tune built whole then sharded, and LoRA loaded from meta."""
+    parameter, gradient and optimizer bytes equal the simulated rank's, to the byte: a full
+    fine-tune built whole then sharded, and LoRA loaded from meta. The peaks of setup and step
+    are held from below only: gloo completes collectives and releases their buffers on its own
+    thread, so a real peak can include a buffer not yet freed and varies between identical runs
+    (seen in CI for the full fine-tune: a step peak of 2,002,376 bytes once, 1,980,104 the
+    simulator's and other runs'; LoRA setup 471,840 once, 471,680)."""
     real = run_ranks(2, "fsdp", "llama-tiny", adapter=adapter, from_meta=from_meta)
     for rank, figures in enumerate(real):
         simulated, _ = simulate_rank(Layout(2, "fsdp", rank=rank), adapter=adapter, from_meta=from_meta)
+        for peak in ("setup_peak", "step_peak"):
+            assert figures.pop(peak) >= simulated.pop(peak)
         assert figures == simulated
 
 
