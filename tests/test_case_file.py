@@ -97,6 +97,17 @@ def test_a_named_target_set_that_matches_no_layer_lists_the_models_layers(tmp_pa
         load_cases(write(tmp_path, '[[case]]\nmodel = "neox.json"\n'))
 
 
+def test_two_rows_making_the_same_case_id_are_one_error_naming_the_id_and_both_rows(tmp_path):
+    # rows 1 and 3 differ only in a value the id (and the run) does not use: an LLM's resolution
+    path = write(tmp_path, '[[case]]\nmodel = "llama-tiny"\nseq_len = 64\n'
+                           '[[case]]\nmodel = "llama-tiny"\nseq_len = 128\n'
+                           '[[case]]\nmodel = "llama-tiny"\nseq_len = 64\nresolution = 256\n')
+    with pytest.raises(ValueError) as info:
+        load_cases(path)
+    assert str(info.value) == (f"cases file {str(path)!r}: case 1 and case 3 are the same case "
+                               "'llama-tiny-lora-r8-fp16-bs1-seq64'; give each row its own setup (or delete one)")
+
+
 def test_a_missing_file_is_one_error(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         load_cases(tmp_path / "nope.toml")
