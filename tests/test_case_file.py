@@ -77,6 +77,8 @@ def test_keys_are_the_case_fields_so_a_new_field_needs_no_loader_change(tmp_path
      r"names: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
     ('[[case]]\nmodel = "llama-tiny"\nrank = "16"\n', r"case 1: rank = '16' should be an integer"),
     ('[[case]]\nmodel = "llama-tiny"\ncheckpointing = 1\n', r"case 1: checkpointing = 1 should be true/false"),
+    ('[[case]]\nmodel = "llama-tiny"\nbatch_size = 0\n', r"case 1: batch_size = 0 should be a positive integer"),
+    ('[[case]]\nmodel = "llama-tiny"\nseq_len = -512\n', r"case 1: seq_len = -512 should be a positive integer"),
     ('[[case]]\nmodel = "llama-tiny"\nbudget = "20"\n', r"case 1: budget '20': malformed size '20'"),
     ('[[case]]\nadapter = "lora"\n', r"case 1: no model"),
     ('[case]\nmodel = "llama-tiny"\n', r"holds no \[\[case\]\] tables"),
