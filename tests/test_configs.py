@@ -1,5 +1,5 @@
-"""Models from configs (fixtures/configs.py): the zoo's full-size configs build the published
-architectures, each architecture's tiny twin runs for real on CPU with the simulator predicting
+"""Models from configs (fixtures/configs.py, fixtures/diffusers_configs.py): the zoo's full-size
+configs (transformers causal LMs and diffusers UNets) build the published architectures, each architecture's tiny twin runs for real on CPU with the simulator predicting
 the same bytes, and a config that cannot be used gets one clear error."""
 import json
 
@@ -15,10 +15,13 @@ from pytest_vram.sim.backend import SimBackend
 
 V100 = get_profile("v100")
 ZOO = zoo_names()
+LLM_ZOO = [n for n in ZOO if get_model_spec(n).family == "llm"]
+DIFFUSION_ZOO = [n for n in ZOO if get_model_spec(n).family == "diffusion"]
 
 
 def test_the_zoo_holds_the_models_people_fine_tune():
-    assert {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "gemma-2-9b", "phi-3-mini"} <= set(ZOO)
+    assert {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "gemma-2-9b", "phi-3-mini"} <= set(LLM_ZOO)
+    assert {"sd15-unet", "sdxl-unet"} <= set(DIFFUSION_ZOO)
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -30,9 +33,12 @@ def test_zoo_config_cites_its_source_and_the_loader_strips_it(name):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_parameter_count_matches_published(name):
+    """Per published part: the whole model for an LLM, the UNet of a diffusion pipeline (its text
+    encoders and VAE are the zoo pipeline's, counted in tests/test_models.py)."""
     spec = get_model_spec(name)
     model = build_model(name, "fp16", "meta")
-    assert {"model": sum(p.numel() for p in model.parameters())} == spec.published_params
+    parts = {part: model if part == "model" else model.get_submodule(part) for part in spec.published_params}
+    assert {part: sum(p.numel() for p in m.parameters()) for part, m in parts.items()} == spec.published_params
     assert {p.dtype for p in model.parameters()} == {torch.float16}  # not the config's torch_dtype
 
 
@@ -66,9 +72,16 @@ def measure(backend, case):
                   "trainable": meter.trainable_params, "breakdown": s.breakdown}
 
 
+def zoo_case(name, quantization):
+    """LoRA on every linear layer of an LLM; on the UNet's attention (diffusers' LoRA recipe)."""
+    if get_model_spec(name).family == "llm":
+        return Case(name, "lora", quantization, targets="all-linear")
+    return Case(name, "lora", quantization, rank=4)
+
+
 @pytest.mark.parametrize("name", ZOO)
 def test_tiny_twin_trains_for_real_on_cpu(name):
-    case = Case(name, "lora", "nf4-dq", targets="all-linear").tiny_twin()
+    case = zoo_case(name, "nf4-dq").tiny_twin()
     assert case.model == f"{name}-tiny"
     loss, real = measure(CpuBackend(V100), case)
     assert torch.isfinite(loss) and real["trainable"] > 0
@@ -77,7 +90,7 @@ def test_tiny_twin_trains_for_real_on_cpu(name):
 @pytest.mark.parametrize("name", ZOO)
 @pytest.mark.parametrize("quantization", ["fp32", "nf4-dq"])
 def test_simulator_predicts_the_tiny_twins_real_bytes(name, quantization):
-    case = Case(name, "lora", quantization, targets="all-linear").tiny_twin()
+    case = zoo_case(name, quantization).tiny_twin()
     _, real = measure(CpuBackend(V100), case)
     _, sim = measure(SimBackend(V100, gpu_models=False), case)
     assert sim == real
