@@ -55,6 +55,14 @@ def test_a_config_path_is_relative_to_the_file(tmp_path):
     assert case.id.startswith("my-model-lora-r8-fp16")
 
 
+def test_a_diffusers_unet_config_is_a_diffusion_case(tmp_path):
+    (tmp_path / "my-sd" / "unet").mkdir(parents=True)
+    (tmp_path / "my-sd" / "unet" / "config.json").write_text((REPO / "fixtures/zoo/sd15-unet.json").read_text())
+    (case,) = load_cases(write(tmp_path, '[[case]]\nmodel = "my-sd/unet/config.json"\nrank = 4\n'
+                                         'quantization = "fp32"\nresolution = 768\n'))
+    assert (case.family, case.id) == ("diffusion", "my-sd-lora-r4-fp32-bs1-768px")
+
+
 def test_keys_are_the_case_fields_so_a_new_field_needs_no_loader_change(tmp_path, monkeypatch):
     @dataclasses.dataclass(frozen=True)
     class Wider(Case):

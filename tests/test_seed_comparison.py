@@ -68,3 +68,36 @@ def test_a_bad_history_is_one_error(tmp_path, capsys, monkeypatch, argv):
 def test_the_command_takes_the_two_files(capsys):
     assert main(["results/sim-v100.json"]) == 2
     assert "usage: python -m fixtures.seed_comparison HISTORY.json HYPOTHESES.json" in capsys.readouterr().err
+
+
+class FakeMeter:
+    """What fixtures.seed_hypotheses.run reads of a simulation, without simulating."""
+
+    def __init__(self):
+        from pytest_vram.profiles import get_profile
+
+        self.profile, self.oom_phase, self.peak_total = get_profile("v100"), None, 5 * 10**9
+
+
+def test_the_search_prints_one_line_per_probe_and_ctrl_c_keeps_what_it_found(tmp_path, monkeypatch, capsys):
+    import fixtures.fit
+    from fixtures.seed_hypotheses import run
+
+    calls = []
+
+    def simulate(case):
+        calls.append(case.id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return FakeMeter()
+
+    monkeypatch.setattr(fixtures.fit, "simulate", simulate)
+    monkeypatch.setattr(fixtures.fit, "record_of", lambda case, meter: {"case": case.id, "test": f"t[{case.id}]"})
+    out = tmp_path / "found.json"
+    assert run(str(out)) == 130
+    err = capsys.readouterr().err
+    first, second = probes()[:2]
+    assert f"[1/{len(probes())}] {first.id}: peak 5.000 GB (" in err and f"[2/{len(probes())}] {second.id}: " in err
+    assert "interrupted: writing the 2 records found" in err
+    written = json.loads(out.read_text())
+    assert written["complete"] is False and [r["case"] for r in written["records"]] == [first.id, second.id]
