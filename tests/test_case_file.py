@@ -55,6 +55,14 @@ def test_a_config_path_is_relative_to_the_file(tmp_path):
     assert case.id.startswith("my-model-lora-r8-fp16")
 
 
+def test_a_diffusers_unet_config_is_a_diffusion_case(tmp_path):
+    (tmp_path / "my-sd" / "unet").mkdir(parents=True)
+    (tmp_path / "my-sd" / "unet" / "config.json").write_text((REPO / "fixtures/zoo/sd15-unet.json").read_text())
+    (case,) = load_cases(write(tmp_path, '[[case]]\nmodel = "my-sd/unet/config.json"\nrank = 4\n'
+                                         'quantization = "fp32"\nresolution = 768\n'))
+    assert (case.family, case.id) == ("diffusion", "my-sd-lora-r4-fp32-bs1-768px")
+
+
 def test_keys_are_the_case_fields_so_a_new_field_needs_no_loader_change(tmp_path, monkeypatch):
     @dataclasses.dataclass(frozen=True)
     class Wider(Case):
@@ -77,6 +85,8 @@ def test_keys_are_the_case_fields_so_a_new_field_needs_no_loader_change(tmp_path
      r"names: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
     ('[[case]]\nmodel = "llama-tiny"\nrank = "16"\n', r"case 1: rank = '16' should be an integer"),
     ('[[case]]\nmodel = "llama-tiny"\ncheckpointing = 1\n', r"case 1: checkpointing = 1 should be true/false"),
+    ('[[case]]\nmodel = "llama-tiny"\nbatch_size = 0\n', r"case 1: batch_size = 0 should be a positive integer"),
+    ('[[case]]\nmodel = "llama-tiny"\nseq_len = -512\n', r"case 1: seq_len = -512 should be a positive integer"),
     ('[[case]]\nmodel = "llama-tiny"\nbudget = "20"\n', r"case 1: budget '20': malformed size '20'"),
     ('[[case]]\nadapter = "lora"\n', r"case 1: no model"),
     ('[case]\nmodel = "llama-tiny"\n', r"holds no \[\[case\]\] tables"),
@@ -95,6 +105,17 @@ def test_a_named_target_set_that_matches_no_layer_lists_the_models_layers(tmp_pa
     with pytest.raises(ValueError, match=r"targets 'attention' match no layer of .*neox.json; valid choices: "
                                          r"module names: .*query_key_value"):
         load_cases(write(tmp_path, '[[case]]\nmodel = "neox.json"\n'))
+
+
+def test_two_rows_making_the_same_case_id_are_one_error_naming_the_id_and_both_rows(tmp_path):
+    # rows 1 and 3 differ only in a value the id (and the run) does not use: an LLM's resolution
+    path = write(tmp_path, '[[case]]\nmodel = "llama-tiny"\nseq_len = 64\n'
+                           '[[case]]\nmodel = "llama-tiny"\nseq_len = 128\n'
+                           '[[case]]\nmodel = "llama-tiny"\nseq_len = 64\nresolution = 256\n')
+    with pytest.raises(ValueError) as info:
+        load_cases(path)
+    assert str(info.value) == (f"cases file {str(path)!r}: case 1 and case 3 are the same case "
+                               "'llama-tiny-lora-r8-fp16-bs1-seq64'; give each row its own setup (or delete one)")
 
 
 def test_a_missing_file_is_one_error(tmp_path):

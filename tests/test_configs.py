@@ -1,5 +1,5 @@
-"""Models from configs (fixtures/configs.py): the zoo's full-size configs build the published
-architectures, each architecture's tiny twin runs for real on CPU with the simulator predicting
+"""Models from configs (fixtures/configs.py, fixtures/diffusers_configs.py): the zoo's full-size
+configs (transformers causal LMs and diffusers UNets) build the published architectures, each architecture's tiny twin runs for real on CPU with the simulator predicting
 the same bytes, and a config that cannot be used gets one clear error."""
 import json
 
@@ -15,10 +15,15 @@ from pytest_vram.sim.backend import SimBackend
 
 V100 = get_profile("v100")
 ZOO = zoo_names()
+LLM_ZOO = [n for n in ZOO if get_model_spec(n).family == "llm"]
+DIFFUSION_ZOO = [n for n in ZOO if get_model_spec(n).family == "diffusion"]
+# a UNet twin's real CPU step (VAE, text encoder, UNet) takes 10-40 s on this machine
+TWINS = [pytest.param(n, marks=pytest.mark.slow) if n in DIFFUSION_ZOO else n for n in ZOO]
 
 
 def test_the_zoo_holds_the_models_people_fine_tune():
-    assert {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "gemma-2-9b", "phi-3-mini"} <= set(ZOO)
+    assert {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "gemma-2-9b", "phi-3-mini"} <= set(LLM_ZOO)
+    assert {"sd15-unet", "sdxl-unet"} <= set(DIFFUSION_ZOO)
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -30,9 +35,12 @@ def test_zoo_config_cites_its_source_and_the_loader_strips_it(name):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_parameter_count_matches_published(name):
+    """Per published part: the whole model for an LLM, the UNet of a diffusion pipeline (its text
+    encoders and VAE are the zoo pipeline's, counted in tests/test_models.py)."""
     spec = get_model_spec(name)
     model = build_model(name, "fp16", "meta")
-    assert {"model": sum(p.numel() for p in model.parameters())} == spec.published_params
+    parts = {part: model if part == "model" else model.get_submodule(part) for part in spec.published_params}
+    assert {part: sum(p.numel() for p in m.parameters()) for part, m in parts.items()} == spec.published_params
     assert {p.dtype for p in model.parameters()} == {torch.float16}  # not the config's torch_dtype
 
 
@@ -66,18 +74,25 @@ def measure(backend, case):
                   "trainable": meter.trainable_params, "breakdown": s.breakdown}
 
 
-@pytest.mark.parametrize("name", ZOO)
+def zoo_case(name, quantization):
+    """LoRA on every linear layer of an LLM; on the UNet's attention (diffusers' LoRA recipe)."""
+    if get_model_spec(name).family == "llm":
+        return Case(name, "lora", quantization, targets="all-linear")
+    return Case(name, "lora", quantization, rank=4)
+
+
+@pytest.mark.parametrize("name", TWINS)
 def test_tiny_twin_trains_for_real_on_cpu(name):
-    case = Case(name, "lora", "nf4-dq", targets="all-linear").tiny_twin()
+    case = zoo_case(name, "nf4-dq").tiny_twin()
     assert case.model == f"{name}-tiny"
     loss, real = measure(CpuBackend(V100), case)
     assert torch.isfinite(loss) and real["trainable"] > 0
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", TWINS)
 @pytest.mark.parametrize("quantization", ["fp32", "nf4-dq"])
 def test_simulator_predicts_the_tiny_twins_real_bytes(name, quantization):
-    case = Case(name, "lora", quantization, targets="all-linear").tiny_twin()
+    case = zoo_case(name, quantization).tiny_twin()
     _, real = measure(CpuBackend(V100), case)
     _, sim = measure(SimBackend(V100, gpu_models=False), case)
     assert sim == real
@@ -131,3 +146,62 @@ def test_a_hub_id_whose_config_is_in_the_local_cache_is_used(monkeypatch, tmp_pa
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     assert get_model_spec("acme/tiny-qwen").config["hidden_size"] == 3584
     assert Case("acme/tiny-qwen").id.startswith("tiny-qwen-lora")
+
+
+# -- diffusers configs (fixtures/diffusers_configs.py) -------------------------------------------
+def unet_config(tmp_path, name="sd15-unet", folder="my-sd", **changes):
+    """A zoo UNet config written as a diffusers pipeline's ``unet/config.json``, with changes."""
+    data = dict(read_config(find_config(name)), **changes)
+    path = tmp_path / folder / "unet" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("unet, pipeline", [("sd15-unet", "sd15"), ("sdxl-unet", "sdxl")])
+def test_a_unet_config_is_the_zoo_pipeline_it_plugs_into(unet, pipeline):
+    """SD 1.5's and SDXL's published UNet configs build exactly the suite's SD 1.5 and SDXL (every
+    parameter's name and shape), with that pipeline's text encoders and VAE."""
+    ours, zoo = build_model(unet, "fp32", "meta"), build_model(pipeline, "fp32", "meta")
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in zoo.state_dict().items()}
+    assert get_model_spec(unet).family == "diffusion"
+
+
+def test_a_pipeline_folder_names_the_case_and_a_newer_diffusers_key_is_dropped(tmp_path):
+    path = unet_config(tmp_path, some_future_option=True)  # as diffusers' from_config drops it
+    assert label(path) == "my-sd"
+    assert Case(path, "lora", "fp32", rank=4).id == "my-sd-lora-r4-fp32-bs1-512px"
+    assert "some_future_option" not in get_model_spec(path).config["unet"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"cross_attention_dim": 1024}, r"cross_attention_dim = 1024 does not fit the sd15 pipeline this UNet plugs "
+                                    r"into \(its text encoders and VAE give 768\); valid choices: an SD 1.5-style"),
+    ({"in_channels": 9}, r"in_channels = 9 does not fit the sd15 pipeline .* give 4\)"),
+    ({"_class_name": "FluxTransformer2DModel"}, r"_class_name 'FluxTransformer2DModel' is not supported yet: .* "
+                                                r"valid choices: 'UNet2DConditionModel'"),
+    ({"_class_name": "AutoencoderKL"}, r"_class_name 'AutoencoderKL' is no model the suite trains; valid choices: "
+                                       r"'UNet2DConditionModel'"),
+])
+def test_a_diffusers_config_the_suite_cannot_train_is_one_clear_error(tmp_path, changes, message):
+    path = unet_config(tmp_path, **changes)
+    with pytest.raises(ValueError, match=f"model config '{path}': " + message):
+        get_model_spec(path)
+
+
+def test_an_sdxl_unet_must_take_sdxls_added_conditioning(tmp_path):
+    path = unet_config(tmp_path, "sdxl-unet", projection_class_embeddings_input_dim=2560)
+    with pytest.raises(ValueError, match=r"projection_class_embeddings_input_dim = 2560 does not fit the sdxl "
+                                         r"pipeline .* give 2816\)"):
+        get_model_spec(path)
+
+
+@pytest.mark.slow
+def test_fit_takes_a_unet_config_and_prints_a_verdict(tmp_path, capsys):
+    from fixtures.fit import command
+
+    path = unet_config(tmp_path)
+    assert command([path, "--resolution", "512", "--quantization", "fp32", "--rank", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("my-sd-lora-r4-fp32-bs1-512px: FITS (fits) on 15.782 GiB (v100), simulated")
+    assert "margin: " in out and "to spare" in out
