@@ -32,6 +32,11 @@ def test_the_committed_run_answers_every_question():
         top = next(c for c in doc["cells"] if c["key"] == cell_key("llm", recipe.name, "largest_model"))
         for model in top["fitting"]:
             assert {cell_key("llm", recipe.name, q, model) for q in ("max_seq_len", "max_batch_size")} <= keys
+        # the larger models are not tried past the first that fails: the peak grows with the model
+        peaks = [next(c for c in doc["cells"] if c["key"] == cell_key("llm", recipe.name, "max_seq_len", m))
+                 ["start"]["peak_total_bytes"] for m in top["fitting"]]
+        assert peaks == sorted(peaks) and len(set(peaks)) == len(peaks)
+        assert top["fitting"] == list(LLAMAS[:len(top["fitting"])])
         for model, _ in frontier.DIFFUSION:
             assert {cell_key("diffusion", recipe.name, q, model) for q in ("max_resolution", "max_batch_size")} <= keys
 
@@ -79,7 +84,8 @@ def test_a_bad_run_file_is_one_error(tmp_path, capsys):
 
 @pytest.fixture
 def tiny(monkeypatch):
-    """The frontier over the tiny LLaMA alone, one recipe, no diffusion, a 1 GiB budget."""
+    """The frontier over the tiny LLaMA alone, one recipe, no diffusion, a 360 MiB budget (its
+    peak at batch 1 and 512 tokens, mostly the CUDA context, is 0.32 GiB)."""
     monkeypatch.setattr(frontier, "LLAMAS", ("llama-tiny",))
     monkeypatch.setattr(frontier, "DIFFUSION", ())
     monkeypatch.setattr(frontier, "RECIPES", RECIPES[:1])
@@ -88,7 +94,7 @@ def tiny(monkeypatch):
 @pytest.mark.slow
 def test_an_interrupted_run_keeps_its_cells_and_resume_finishes_it(tiny, tmp_path, monkeypatch):
     out = tmp_path / "frontier.json"
-    args = ["--gpu", "v100", "--budget", "1GiB", "-o", str(out)]
+    args = ["--gpu", "v100", "--budget", "360MiB", "-o", str(out)]
     searched = []
     real_search = frontier.Frontier.search
 
@@ -118,4 +124,26 @@ def test_an_interrupted_run_keeps_its_cells_and_resume_finishes_it(tiny, tmp_pat
     assert top["value"] == "llama-tiny" and top["next"] is None  # the only model fits
     for cell in doc["cells"]:
         if cell["field"] != "model":
-            check_cell(cell, 1 << 30)
+            check_cell(cell, 360 << 20)
+
+
+def test_a_recorded_probe_is_the_record_of_a_fresh_simulation():
+    """The frontier's figures come from probes that fork after one build; each record must be
+    the record a fresh run of that value writes (pytest-vram fit --json's)."""
+    from fixtures.cases import Case
+    from fixtures.fit import record_of, simulate
+
+    case = Case("llama-tiny", "lora", "fp16", seq_len=64)
+    limit = 360 << 20
+    prober = frontier.RecordingProber(case, limit)
+    try:
+        probed = {seq: prober("seq_len", seq) for seq in (64, 1 << 16)}
+        again = prober("seq_len", 64)
+    finally:
+        prober.finish()
+    assert again == probed[64]  # kept, not simulated twice
+    assert probed[64]["status"] == "fits" and probed[1 << 16]["status"] == "OOM"
+    for seq, result in probed.items():
+        variant = Case("llama-tiny", "lora", "fp16", seq_len=seq)
+        fresh = record_of(variant, simulate(variant, limit))
+        assert {k: v for k, v in result.items() if k != "peak_total"} == fresh
