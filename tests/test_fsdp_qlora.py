@@ -103,3 +103,26 @@ def test_a_qlora_rank_is_compared_with_qlora_on_one_gpu():
     base = single_gpu(case)
     assert (base.quantization, base.ranks, base.strategy, base.expect_oom) == ("nf4-dq", 1, "none", False)
     assert single_gpu(Case("llama-2-70b", "lora", "bf16", gpu="a100_80gb", ranks=8, strategy="fsdp")).expect_oom
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 4, 8])
+def test_committed_qlora_rank_holds_its_shard_of_the_packed_weights_and_the_whole_quant_state(ranks):
+    """In the committed LLaMA-13B QLoRA records (results/sim-multi-gpu.json): at the step's peak
+    a rank's 4-bit weights are FSDP2's padded shards of the packed bf16 weights (13B config,
+    arithmetic), plus the same quant state bytes as the single GPU's; its frozen weights are the
+    padded shards of the unquantized bf16 weights plus the (unsharded) rotary buffers."""
+    import bitsandbytes as bnb
+    from pytest_vram.history import load
+
+    records = {r["case"]: r for r in load("results/sim-multi-gpu.json").records}
+    rank = records[f"llama-13b-lora-r8-nf4-dq-bf16-gc-fsdp{ranks}-bs1-seq512"]["phases"]["step"]["breakdown"]
+    single = records["llama-13b-lora-r8-nf4-dq-gc-bs1-seq512"]["phases"]["step"]["breakdown"]
+    model = build_model("llama-13b", "nf4-dq-bf16", "meta")
+    packed = {id(m.weight) for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)}
+    params = list(model.parameters())
+    shard = sum(fsdp_local_numel(p.shape, ranks) * p.element_size() for p in params if id(p) in packed)
+    full = sum(p.numel() * p.element_size() for p in params if id(p) in packed)
+    assert rank["quantized_weights"] - shard == single["quantized_weights"] - full > 0
+    frozen = sum(fsdp_local_numel(p.shape, ranks) * p.element_size() for p in params if id(p) not in packed)
+    assert rank["frozen_weights"] == frozen + sum(b.numel() * b.element_size() for b in model.buffers())
