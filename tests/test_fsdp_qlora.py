@@ -126,3 +126,18 @@ def test_committed_qlora_rank_holds_its_shard_of_the_packed_weights_and_the_whol
     assert rank["quantized_weights"] - shard == single["quantized_weights"] - full > 0
     frozen = sum(fsdp_local_numel(p.shape, ranks) * p.element_size() for p in params if id(p) not in packed)
     assert rank["frozen_weights"] == frozen + sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def test_the_multi_gpu_anchor_states_the_case_it_replays():
+    """The anchor's fields (shown on docs/accuracy.md) and the case that replays it say the same
+    setup: GPU, LoRA rank and targets, batch, sequence length, checkpointing, 2 ranks."""
+    from fixtures.anchors import get_anchor
+    from fixtures.multi_gpu import ANCHOR_CASES
+
+    for anchor_id, case in ANCHOR_CASES.items():
+        anchor = get_anchor(anchor_id)
+        assert anchor.recipe == "multi_gpu_case" and anchor.replayed
+        assert (case.gpu, case.model, case.checkpointing) == (anchor.gpu, anchor.model, anchor.checkpointing)
+        assert (case.rank, case.targets.split(",")) == (anchor.adapter["r"], anchor.adapter["target_modules"])
+        assert (case.batch_size, case.seq_len) == (anchor.recipe_args["batch_size"], anchor.recipe_args["seq_len"])
+        assert (case.ranks, case.strategy) == (2, "fsdp")
