@@ -141,3 +141,40 @@ def test_the_multi_gpu_anchor_states_the_case_it_replays():
         assert (case.rank, case.targets.split(",")) == (anchor.adapter["r"], anchor.adapter["target_modules"])
         assert (case.batch_size, case.seq_len) == (anchor.recipe_args["batch_size"], anchor.recipe_args["seq_len"])
         assert (case.ranks, case.strategy) == (2, "fsdp")
+
+
+def test_the_meter_counts_a_sharded_4bit_weight_and_its_quant_state_as_quantized_weights():
+    """``vram.track(model)`` on a sharded QLoRA rank: the packed shards (plain bf16 DTensors once
+    FSDP2 owns them) and every layer's QuantState are 'quantized_weights', the bf16 embeddings,
+    norms and head shards plus the rotary buffers 'frozen_weights'. (Before the fix the packed
+    shards were counted as frozen bf16 weights and the QuantState as activations.)"""
+    import bitsandbytes as bnb
+
+    from fixtures.adapters import apply_adapter
+    from fixtures.parallel import apply_layout, load_sharded, rank_state_bytes
+    from pytest_vram.meter import Meter
+    from pytest_vram.sim.backend import SimBackend
+    from pytest_vram.sim.process_group import fake_process_group
+
+    ranks = 2
+    skeleton = build_model("llama-tiny", "nf4-dq-bf16", "meta")
+    packed = {n for n, m in skeleton.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    shapes = {n: (p.shape, p.element_size()) for n, p in skeleton.named_parameters()}
+    backend = SimBackend(None, gpu_models=False)
+    with fake_process_group(ranks) as mesh:
+        backend.start()
+        try:
+            model = build_model("llama-tiny", "nf4-dq-bf16", "meta")
+            model = apply_adapter(model, "llm", "lora", 8, autocast_adapter_dtype=False)
+            model = load_sharded(apply_layout(model, Layout(ranks, "fsdp"), mesh, True), "cpu", fill=False)
+            backend.tracker.mark()
+            Meter(backend, None, None).track(model)
+            got = backend.tracker.breakdown_at_peak()
+            quant_state = rank_state_bytes(model)["quant_state"]
+            buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+        finally:
+            backend.stop()
+    shard = {n: fsdp_local_numel(s, ranks) * e for n, (s, e) in shapes.items()}
+    four_bit = sum(b for n, b in shard.items() if n.rsplit(".", 1)[0] in packed)
+    assert got["quantized_weights"] == four_bit + quant_state
+    assert got["frozen_weights"] == sum(shard.values()) - four_bit + buffers
