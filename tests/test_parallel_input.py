@@ -18,7 +18,8 @@ from pytest_vram.sim.process_group import check_world
     (dict(ranks=2, strategy="ddp", cpu_offload=True), "cpu_offload applies to strategy 'fsdp' only"),
     (dict(ranks=2, strategy="ddp", reshard=False), "reshard=False applies to strategy 'fsdp' only"),
     (dict(ranks=2, strategy="fsdp", quantization="nf4-dq"),
-     "strategy 'fsdp' with quantization 'nf4-dq' is not supported yet"),
+     "strategy 'fsdp' with quantization 'nf4-dq' cannot be: FSDP2 would shard its bitsandbytes weight"),
+    (dict(ranks=2, strategy="fsdp", quantization="int8"), "strategy 'fsdp' with quantization 'int8' cannot be"),
 ])
 def test_a_layout_that_cannot_be_is_one_error(kwargs, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):

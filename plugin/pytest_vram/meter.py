@@ -137,7 +137,15 @@ class Meter:
                     param.register_post_accumulate_grad_hook(lambda p: tracker.label(p.grad, "gradients"))
                 else:
                     tracker.label(param, _frozen_category(param))
-                    for tensor in _quant_state_tensors(param):
+                    for tensor in _quant_state_tensors(getattr(param, "quant_state", None)):
+                        tracker.label(tensor, "quantized_weights")
+            for module in model.modules():
+                # a sharded 4-bit weight (FSDP+QLoRA) is a plain DTensor of its float storage
+                # dtype: its layer keeps the QuantState, and says the weight is quantized
+                state, weight = getattr(module, "quant_state", None), getattr(module, "weight", None)
+                if state is not None and isinstance(weight, torch.Tensor) and not hasattr(weight, "quant_state"):
+                    tracker.label(weight, "quantized_weights")
+                    for tensor in _quant_state_tensors(state):
                         tracker.label(tensor, "quantized_weights")
             for buffer in model.buffers():
                 tracker.label(buffer, "frozen_weights")
@@ -175,9 +183,9 @@ def _frozen_category(param: torch.Tensor) -> str:
     return "quantized_weights" if quantized else "frozen_weights"
 
 
-def _quant_state_tensors(param: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Tensors hanging off a quantized parameter's ``quant_state`` (absmax, code, nested state)."""
-    pending = [getattr(param, "quant_state", None)]
+def _quant_state_tensors(quant_state) -> Iterator[torch.Tensor]:
+    """Tensors of a bitsandbytes ``QuantState`` (absmax, code, nested state); none for None."""
+    pending = [quant_state]
     while pending:
         state = pending.pop()
         if state is None:
