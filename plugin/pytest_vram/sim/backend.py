@@ -31,7 +31,6 @@ import contextlib
 import gc
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..meter import PhaseResult
 from ..profiles import GpuProfile
@@ -43,6 +42,7 @@ from .attention_workspaces import kernel_temporaries
 from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_quantized_params
 from .cuda_composites import cuda_composites
+from .fake_mode import fake_tensors
 from .optimizers import target_implementations
 from .peft import host_module_dropout
 from .transformers import unpacked_sequences
@@ -60,26 +60,6 @@ def cublas_workspace_bytes(profile: GpuProfile) -> int:
     cuBLAS one by default (``TORCH_CUBLASLT_UNIFIED_WORKSPACE``; torch/backends/cuda
     ``blas_workspace_size``: "physically reuses the same allocation")."""
     return 32 * MiB if profile.compute_capability >= (9, 0) else 2 * 4096 * 1024 + 8 * 16 * 1024
-
-
-@contextlib.contextmanager
-def fake_tensors():
-    """FakeTensorMode, with ``torch.utils.swap_tensors`` clearing the fake converter's memo
-    first: its weak references make ``Module.to()`` / ``.half()`` on fake parameters (and
-    peft's adapter moves) fail with "_apply(): Couldn't swap"."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    swap = torch.utils.swap_tensors
-
-    def swap_tensors(t1, t2):
-        mode.fake_tensor_converter.meta_converter.tensor_memo.clear()
-        return swap(t1, t2)
-
-    torch.utils.swap_tensors = swap_tensors
-    try:
-        with mode:
-            yield mode
-    finally:
-        torch.utils.swap_tensors = swap
 
 
 class SimulatedOutOfMemoryError(torch.OutOfMemoryError):
