@@ -19,6 +19,13 @@ Measures, reporting each figure's median (and all runs) and the ratios between t
   (as ``create_empty_model`` does), ``calculate_maximum_sizes`` and ``estimate_training_usage``
   for float16 ("Training using Adam" is the largest of its figures); timed against the LoRA
   fp16 case's creation + step in process, and its figure set beside the simulator's step peak;
+- ``qlora_70b``: one single-GPU LLaMA-2-70B QLoRA case (nf4-dq + LoRA r8 + checkpointing, bs1
+  seq512, on an A100 80 GB, which holds it), creation + step in a fresh process by
+  ``inprocess.py``'s command line (imports not counted, first-call caches counted): seconds and
+  the process's peak RSS, against the 7B QLoRA case run the same way (one run each);
+- ``fit_cold_start``: ``pytest-vram fit llama-7b --adapter lora --quantization nf4-dq
+  --checkpointing`` as a user types it, wall from a cold start (a fresh process: imports, the
+  model's build and the step; issue 17's target is <= 10 s);
 - ``matrix`` (``--matrix``; minutes): the whole ``-m v100`` matrix serial and with ``-n 2``
   (pytest-xdist), each once, its records compared with results/sim-v100.json by
   ``pytest-vram compare`` (expect "no memory changes").
@@ -138,6 +145,38 @@ def accelerate_estimate(runs: int) -> dict:
             "accelerate_over_simulator_bytes": round(figures[-1][1] / step["total"], 2)}
 
 
+def fresh_process_case(fields: list[str]) -> dict:
+    argv = [sys.executable, str(HERE / "inprocess.py"), *fields]
+    _, done = timed_process(argv)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def qlora_70b() -> dict:
+    qlora = ["quantization=nf4-dq", "checkpointing=1", "gpu=a100_80gb"]
+    big = fresh_process_case(["model=llama-2-70b", *qlora])
+    small = fresh_process_case(["model=llama-7b", *qlora])
+    return {"command": f"python benchmarks/speed/inprocess.py model=llama-2-70b {' '.join(qlora)}",
+            "case": big["case"], "seconds": round(big["seconds"], 3), "peak_rss_bytes": big["peak_rss_bytes"],
+            "phases": big["phases"], "same_run_7b": {k: small[k] for k in ("case", "peak_rss_bytes")}
+            | {"seconds": round(small["seconds"], 3)},
+            "seconds_70b_over_7b": round(big["seconds"] / small["seconds"], 2)}
+
+
+def fit_cold_start(runs: int) -> dict:
+    args = ["fit", "llama-7b", "--adapter", "lora", "--quantization", "nf4-dq", "--checkpointing"]
+    argv = [sys.executable, "-c", "import sys; from pytest_vram.cli import main; sys.exit(main())", *args]
+    walls = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True)
+        walls.append(time.perf_counter() - start)
+        if done.returncode not in (0, 1):  # 0 fits, 1 does not: both are answers
+            raise SystemExit(f"pytest-vram {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    verdict = next((line for line in done.stdout.splitlines() if "FIT" in line), "")
+    return {"command": "pytest-vram " + " ".join(args), **summary(walls), "target_s": 10,
+            "verdict": verdict.strip()}
+
+
 def matrix() -> dict:
     out = {}
     for name, extra in (("serial", []), ("xdist_n2", ["-n", "2"])):
@@ -173,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "process_over_in_process": ratio(process, inproc),
         "step_vs_memtracker": step_vs_memtracker(args.runs, args.memtracker_runs),
         "accelerate_estimate": accelerate_estimate(args.runs),
+        "qlora_70b": qlora_70b(),
+        "fit_cold_start": fit_cold_start(args.process_runs),
     }
     if args.matrix:
         result["matrix"] = matrix()
