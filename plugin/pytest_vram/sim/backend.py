@@ -1,6 +1,8 @@
 """The ``sim`` backend: the test body runs under FakeTensorMode (fake CPU tensors standing in
 for the GPU: fake cuda tensors abort autograd on a CPU-only torch) with the storage tracker
 counting every storage, so allocated and peak bytes are exact and no real memory is used.
+The mode is torch's own with a cheaper spelling of its dispatch-cache key
+(:mod:`.fake_mode`: the same key, built faster).
 
 What differs on the GPU is modelled from the profile, each piece switchable (``gpu_models``):
 the code paths torch takes on a CUDA tensor where they differ from the CPU's (composites
