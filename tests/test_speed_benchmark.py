@@ -1,44 +1,33 @@
-"""The speed benchmark's pieces (benchmarks/speed) measure what they say: the in-process run is
-the fixture's run (same record), and the MemTracker patch is what lets torch's tracker take a
-PEFT model at all. No durations are asserted here."""
-import json
-import sys
+"""The speed benchmark's command line (benchmarks/speed): a bad section or Case field is one
+clear error naming it and the valid choices, before anything is timed."""
+from __future__ import annotations
+
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks" / "speed"))
-
-from inprocess import case_by_id, run_in_process  # noqa: E402
-from memtracker import PeftMemTracker, step_under_memtracker  # noqa: E402
-
-from fixtures.cases import Case  # noqa: E402
-
-TINY_LORA = Case("llama-tiny", "lora", "fp32", seq_len=64)
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed"
 
 
-def test_an_unknown_case_id_is_one_clear_error():
-    with pytest.raises(ValueError, match=r"unknown case 'nope'; valid choices: llama-7b-none-fp16"):
-        case_by_id("nope")
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"speed_{name}", SPEED / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_memtracker_refuses_a_peft_model_and_the_patched_one_measures_it(monkeypatch):
-    import memtracker
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    monkeypatch.setattr(memtracker, "PeftMemTracker", MemTracker)
-    with pytest.raises(RuntimeError, match="doesn't require gradient"):
-        step_under_memtracker(TINY_LORA)
-    monkeypatch.setattr(memtracker, "PeftMemTracker", PeftMemTracker)
-    _, peak = step_under_memtracker(TINY_LORA)
-    assert peak > 0
+def test_an_unknown_section_names_it_and_the_sections(tmp_path):
+    run = load("run")
+    with pytest.raises(SystemExit) as raised:
+        run.main(["--only", "qlora_70b,warp_drive", "-o", str(tmp_path / "out.json")])
+    message = str(raised.value)
+    assert "'warp_drive'" in message and "qlora_70b, fit_cold_start, matrix" in message
+    assert not (tmp_path / "out.json").exists()
 
 
-@pytest.mark.slow
-def test_the_in_process_run_gives_the_committed_record():
-    case = case_by_id("llama-7b-lora-r8-nf4-dq-gc-bs1-seq512")
-    records = json.loads((REPO / "results" / "sim-v100.json").read_text())["records"]
-    committed = next(r for r in records if r["test"].endswith(f"[{case.id}]"))
-    _, _, phases = run_in_process(case)
-    assert phases == committed["phases"]
+def test_an_unknown_case_field_names_it_and_the_fields():
+    inprocess = load("inprocess")
+    with pytest.raises(SystemExit) as raised:
+        inprocess.main(["model=llama-2-70b", "quantisation=nf4-dq"])
+    assert "'quantisation'" in str(raised.value) and "quantization" in str(raised.value)

@@ -56,3 +56,35 @@ def run_in_process(case: Case, budget: int | None = None) -> tuple[float, float,
         backend.stop()
     seconds = time.perf_counter() - start
     return seconds, step.seconds, {name: phase.to_dict() for name, phase in meter.phases.items()}
+
+
+def main(argv: list[str]) -> int:
+    """``python benchmarks/speed/inprocess.py FIELD=VALUE ...``: build the Case from the fields
+    (``model=llama-2-70b quantization=nf4-dq checkpointing=1 gpu=a100_80gb``), run it once in
+    this fresh process (imports not counted; no warm-up, so first-call caches are), and print
+    JSON: seconds, the step's seconds, the process's peak RSS in bytes (``ru_maxrss``, KiB on
+    Linux) and each phase's peak and reserved bytes."""
+    import dataclasses
+    import json
+    import resource
+
+    fields = {f.name: f.type for f in dataclasses.fields(Case)}
+    values = {}
+    for item in argv:
+        name, _, text = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"unknown Case field {name!r}; valid choices: {', '.join(fields)}")
+        default = Case.__dataclass_fields__[name].default
+        values[name] = bool(int(text)) if isinstance(default, bool) else int(text) if isinstance(default, int) else text
+    case = Case(**values)
+    seconds, step_seconds, phases = run_in_process(case)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"case": case.id, "seconds": seconds, "step_seconds": step_seconds, "peak_rss_bytes": rss,
+                      "phases": {n: {"peak": p["peak"], "reserved": p["reserved"]} for n, p in phases.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

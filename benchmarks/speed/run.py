@@ -7,6 +7,10 @@ Measures, reporting each figure's median (and all runs) and the ratios between t
 - ``qlora_in_process``: one LLaMA-7B QLoRA case (nf4-dq + LoRA r8 + checkpointing, bs1 seq512),
   creation + step, run in this process by :mod:`inprocess` (the fixture's flow without pytest;
   one warm-up run first, so imports and first-call caches are not counted);
+- ``cache_key``: the same case in process with the simulator's FakeTensor cache key
+  (:mod:`pytest_vram.sim.fake_mode`) and with torch's own ``_prep_args_for_hash`` put back,
+  runs alternating, CPU seconds (``time.process_time``: less sensitive to other jobs on a
+  shared machine than wall time) and the records of both, which must be equal;
 - ``qlora_process``: the same case as a user runs it, ``pytest benchmarks -m v100 -k ID`` in a
   fresh process (imports, collection and the fixture included);
 - ``step_vs_memtracker``: the LLaMA-7B LoRA fp16 bs1 seq512 training step (forward, backward,
@@ -19,11 +23,20 @@ Measures, reporting each figure's median (and all runs) and the ratios between t
   (as ``create_empty_model`` does), ``calculate_maximum_sizes`` and ``estimate_training_usage``
   for float16 ("Training using Adam" is the largest of its figures); timed against the LoRA
   fp16 case's creation + step in process, and its figure set beside the simulator's step peak;
+- ``qlora_70b``: one single-GPU LLaMA-2-70B QLoRA case (nf4-dq + LoRA r8 + checkpointing, bs1
+  seq512, on an A100 80 GB, which holds it), creation + step in a fresh process by
+  ``inprocess.py``'s command line (imports not counted, first-call caches counted): seconds and
+  the process's peak RSS, against the 7B QLoRA case run the same way (one run each);
+- ``fit_cold_start``: ``pytest-vram fit llama-7b --adapter lora --quantization nf4-dq
+  --checkpointing`` as a user types it, wall from a cold start (a fresh process: imports, the
+  model's build and the step; issue 17's target is <= 10 s);
 - ``matrix`` (``--matrix``; minutes): the whole ``-m v100`` matrix serial and with ``-n 2``
   (pytest-xdist), each once, its records compared with results/sim-v100.json by
   ``pytest-vram compare`` (expect "no memory changes").
 
 Wall times of a shared 2-core machine are noisy: quote the ratios, measured in one run.
+``--only a,b -o FILE`` runs those sections and keeps the file's others; ``commands`` says, per
+section, the command, when it started and the load average after it (the machine is shared).
 """
 from __future__ import annotations
 
@@ -76,6 +89,32 @@ def qlora_in_process(runs: int) -> dict:
     case = case_by_id(QLORA)
     run_in_process(case)  # warm-up
     return {"case": QLORA, **summary([run_in_process(case)[0] for _ in range(runs)])}
+
+
+def cache_key(runs: int) -> dict:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from inprocess import case_by_id, run_in_process
+    from pytest_vram.sim.fake_mode import SimFakeTensorMode
+
+    case = case_by_id(QLORA)
+    fast = SimFakeTensorMode.__dict__["_prep_args_for_hash"]
+    seconds: dict[str, list[float]] = {"torch_key": [], "sim_key": []}
+    phases = {}
+    run_in_process(case)  # warm-up
+    try:
+        for _ in range(runs):
+            for name in seconds:
+                SimFakeTensorMode._prep_args_for_hash = fast if name == "sim_key" else \
+                    FakeTensorMode._prep_args_for_hash
+                start = time.process_time()
+                phases[name] = run_in_process(case)[2]
+                seconds[name].append(time.process_time() - start)
+    finally:
+        SimFakeTensorMode._prep_args_for_hash = fast
+    out = {name: summary(values) for name, values in seconds.items()}
+    return {"case": QLORA, "clock": "process_time", **out, "torch_key_over_sim_key": ratio(out["torch_key"], out["sim_key"]),
+            "records_equal": phases["torch_key"] == phases["sim_key"]}
 
 
 def qlora_process(runs: int) -> dict:
@@ -138,6 +177,38 @@ def accelerate_estimate(runs: int) -> dict:
             "accelerate_over_simulator_bytes": round(figures[-1][1] / step["total"], 2)}
 
 
+def fresh_process_case(fields: list[str]) -> dict:
+    argv = [sys.executable, str(HERE / "inprocess.py"), *fields]
+    _, done = timed_process(argv)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def qlora_70b() -> dict:
+    qlora = ["quantization=nf4-dq", "checkpointing=1", "gpu=a100_80gb"]
+    big = fresh_process_case(["model=llama-2-70b", *qlora])
+    small = fresh_process_case(["model=llama-7b", *qlora])
+    return {"command": f"python benchmarks/speed/inprocess.py model=llama-2-70b {' '.join(qlora)}",
+            "case": big["case"], "seconds": round(big["seconds"], 3), "peak_rss_bytes": big["peak_rss_bytes"],
+            "phases": big["phases"], "same_run_7b": {k: small[k] for k in ("case", "peak_rss_bytes")}
+            | {"seconds": round(small["seconds"], 3)},
+            "seconds_70b_over_7b": round(big["seconds"] / small["seconds"], 2)}
+
+
+def fit_cold_start(runs: int) -> dict:
+    args = ["fit", "llama-7b", "--adapter", "lora", "--quantization", "nf4-dq", "--checkpointing"]
+    argv = [sys.executable, "-c", "import sys; from pytest_vram.cli import main; sys.exit(main())", *args]
+    walls = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True)
+        walls.append(time.perf_counter() - start)
+        if done.returncode not in (0, 1):  # 0 fits, 1 does not: both are answers
+            raise SystemExit(f"pytest-vram {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    verdict = next((line for line in done.stdout.splitlines() if "FIT" in line), "")
+    return {"command": "pytest-vram " + " ".join(args), **summary(walls), "target_s": 10,
+            "verdict": verdict.strip()}
+
+
 def matrix() -> dict:
     out = {}
     for name, extra in (("serial", []), ("xdist_n2", ["-n", "2"])):
@@ -155,6 +226,10 @@ def matrix() -> dict:
     return out
 
 
+SECTIONS = ["qlora_in_process", "cache_key", "qlora_process", "step_vs_memtracker", "accelerate_estimate",
+            "qlora_70b", "fit_cold_start", "matrix"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="counted runs of each in-process figure")
@@ -162,20 +237,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memtracker-runs", type=int, default=1, help="runs under MemTracker (~30 s each)")
     parser.add_argument("--matrix", action="store_true", help="also time the whole -m v100 matrix (minutes)")
     parser.add_argument("-o", "--output", type=Path, help="write the JSON here (default: print it)")
+    parser.add_argument("--only", help=f"comma-separated sections to run: {', '.join(SECTIONS)} (default: all "
+                        "but matrix, and matrix with --matrix); with -o, the others are kept from the file")
     args = parser.parse_args(argv)
-    inproc = qlora_in_process(args.runs)
-    process = qlora_process(args.process_runs)
-    result = {
-        "command": "python benchmarks/speed/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "qlora_in_process": inproc,
-        "qlora_process": process,
-        "process_over_in_process": ratio(process, inproc),
-        "step_vs_memtracker": step_vs_memtracker(args.runs, args.memtracker_runs),
-        "accelerate_estimate": accelerate_estimate(args.runs),
-    }
-    if args.matrix:
-        result["matrix"] = matrix()
+    only = SECTIONS[:-1] + (["matrix"] if args.matrix else []) if args.only is None else args.only.split(",")
+    unknown = [name for name in only if name not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section {unknown[0]!r}; valid choices: {', '.join(SECTIONS)}")
+    command = "python benchmarks/speed/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = json.loads(args.output.read_text()) if args.only and args.output and args.output.exists() else {}
+    result.setdefault("commands", {})
+    result.pop("command", None)
+    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    runs = {"qlora_in_process": lambda: qlora_in_process(args.runs), "cache_key": lambda: cache_key(args.runs),
+            "qlora_process": lambda: qlora_process(args.process_runs),
+            "step_vs_memtracker": lambda: step_vs_memtracker(args.runs, args.memtracker_runs),
+            "accelerate_estimate": lambda: accelerate_estimate(args.runs), "qlora_70b": qlora_70b,
+            "fit_cold_start": lambda: fit_cold_start(args.process_runs), "matrix": matrix}
+    for name in only:
+        start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        result[name] = runs[name]()
+        result["commands"][name] = {"command": command, "started_utc": start,
+                                    "load_average": [round(x, 2) for x in os.getloadavg()]}
+    if "qlora_in_process" in result and "qlora_process" in result:
+        result["process_over_in_process"] = ratio(result["qlora_process"], result["qlora_in_process"])
     text = json.dumps(result, indent=2) + "\n"
     if args.output:
         args.output.write_text(text)

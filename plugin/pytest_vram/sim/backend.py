@@ -1,6 +1,8 @@
 """The ``sim`` backend: the test body runs under FakeTensorMode (fake CPU tensors standing in
 for the GPU: fake cuda tensors abort autograd on a CPU-only torch) with the storage tracker
 counting every storage, so allocated and peak bytes are exact and no real memory is used.
+The mode is torch's own with a cheaper spelling of its dispatch-cache key
+(:mod:`.fake_mode`: the same key, built faster).
 
 What differs on the GPU is modelled from the profile, each piece switchable (``gpu_models``):
 the code paths torch takes on a CUDA tensor where they differ from the CPU's (composites
@@ -31,7 +33,6 @@ import contextlib
 import gc
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..meter import PhaseResult
 from ..profiles import GpuProfile
@@ -43,6 +44,7 @@ from .attention_workspaces import kernel_temporaries
 from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_quantized_params
 from .cuda_composites import cuda_composites
+from .fake_mode import fake_tensors
 from .optimizers import target_implementations
 from .peft import host_module_dropout
 from .transformers import unpacked_sequences
@@ -60,26 +62,6 @@ def cublas_workspace_bytes(profile: GpuProfile) -> int:
     cuBLAS one by default (``TORCH_CUBLASLT_UNIFIED_WORKSPACE``; torch/backends/cuda
     ``blas_workspace_size``: "physically reuses the same allocation")."""
     return 32 * MiB if profile.compute_capability >= (9, 0) else 2 * 4096 * 1024 + 8 * 16 * 1024
-
-
-@contextlib.contextmanager
-def fake_tensors():
-    """FakeTensorMode, with ``torch.utils.swap_tensors`` clearing the fake converter's memo
-    first: its weak references make ``Module.to()`` / ``.half()`` on fake parameters (and
-    peft's adapter moves) fail with "_apply(): Couldn't swap"."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    swap = torch.utils.swap_tensors
-
-    def swap_tensors(t1, t2):
-        mode.fake_tensor_converter.meta_converter.tensor_memo.clear()
-        return swap(t1, t2)
-
-    torch.utils.swap_tensors = swap_tensors
-    try:
-        with mode:
-            yield mode
-    finally:
-        torch.utils.swap_tensors = swap
 
 
 class SimulatedOutOfMemoryError(torch.OutOfMemoryError):

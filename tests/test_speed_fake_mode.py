@@ -1,0 +1,103 @@
+"""The simulator's FakeTensorMode spells each dispatch-cache key exactly as torch's does.
+
+SimFakeTensorMode builds the key of a plain FakeTensor argument without torch's TensorMetadata
+detour (the speed issue); a key that differed could make the class-wide cache return another
+op's output metadata, and with it other bytes. These tests compare the two keys element for
+element, and the bypasses (which must still reach torch's code), on the arguments the suite's
+ops pass: views, channels-last, conjugate and negative views, grads, lists, kwargs, scalars.
+"""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode, _BypassDispatchCache, _CacheKeyState
+
+from pytest_vram.sim.fake_mode import SimFakeTensorMode, fake_tensors
+
+aten = torch.ops.aten
+
+
+def torchs_key(mode, func, args, kwargs):
+    """The key torch's own ``_prep_args_for_hash`` builds for ``mode``: bound on the instance,
+    so that its recursive calls (containers, shapes, strides) stay in torch's code too."""
+    mode._prep_args_for_hash = types.MethodType(FakeTensorMode._prep_args_for_hash, mode)
+    try:
+        return mode._cache_key(_CacheKeyState(mode.shape_env), func, args, kwargs)
+    finally:
+        del mode._prep_args_for_hash
+
+
+def both_keys(mode, func, args, kwargs=None):
+    kwargs = kwargs or {}
+    ours = mode._cache_key(_CacheKeyState(mode.shape_env), func, args, kwargs)
+    return ours.key, torchs_key(mode, func, args, kwargs).key
+
+
+def argument_sets(mode):
+    with mode:
+        a = torch.empty(4, 6, dtype=torch.float16)
+        b = torch.empty(2, 3, 8, 8).to(memory_format=torch.channels_last)
+        c = torch.empty(5, 5, dtype=torch.complex64).conj()
+        d = torch.empty(3, requires_grad=True)
+        e = torch.empty(8, 8)[2:, 1::2]  # a view with an offset and strides
+        f = torch._neg_view(torch.empty(4))
+        g = torch.empty(2, 2, 3, 3, 3).to(memory_format=torch.channels_last_3d)
+    return [
+        (aten.mm.default, (a, a.t()), {}),
+        (aten.add.Tensor, (b, b), {"alpha": 2}),
+        (aten.mul.Tensor, (c, 1.5), {}),
+        (aten.sum.dim_IntList, (d, [0], True), {"dtype": torch.float32}),
+        (aten.clone.default, (e,), {"memory_format": torch.contiguous_format}),
+        (aten.cat.default, ([a, a], 0), {}),
+        (aten.abs.default, (f,), {}),
+        (aten.relu.default, (g,), {}),
+        (aten.empty.memory_format, ([2, 3],), {"dtype": torch.bfloat16, "device": torch.device("cpu"),
+                                              "pin_memory": False}),
+        (aten.view.default, (a, torch.Size([24])), {}),
+        (aten.arange.start_step, (0, 10, 2), {"dtype": None}),
+    ]
+
+
+def test_keys_equal_torchs_element_for_element():
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    for func, args, kwargs in argument_sets(mode):
+        ours, torchs = both_keys(mode, func, args, kwargs)
+        assert ours == torchs, func
+        assert [type(x) for x in ours] == [type(x) for x in torchs], func
+
+
+def test_a_different_tensor_gives_a_different_key():
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        x, y, z = torch.empty(4, 6), torch.empty(6, 4).t(), torch.empty(4, 6, dtype=torch.float16)
+    keys = {both_keys(mode, aten.neg.default, (t,))[0] for t in (x, y, z)}
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize("make", ["real", "other_mode"], ids=["non-fake tensor", "another mode's fake"])
+def test_arguments_torch_refuses_to_cache_are_still_refused(make):
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    if make == "real":
+        foreign = torch.empty(3)
+    else:
+        with FakeTensorMode():
+            foreign = torch.empty(3)
+    with mode:
+        ours_arg = torch.empty(3)
+    reasons = []
+    for key in (torchs_key, lambda m, *a: m._cache_key(_CacheKeyState(None), *a)):
+        with pytest.raises(_BypassDispatchCache) as raised:
+            key(mode, aten.add.Tensor, (ours_arg, [foreign]), {})
+        reasons.append(raised.value.reason)
+    assert reasons[0] == reasons[1] == ("non-fake tensor" if make == "real" else "not our fake")
+
+
+def test_the_simulator_runs_under_the_fast_key_mode():
+    with fake_tensors() as mode:
+        assert isinstance(mode, SimFakeTensorMode)
+        hits = FakeTensorMode.cache_hits
+        x = torch.empty(16, 16)
+        (x @ x) @ x  # the second mm has the first's key: a cache hit
+        assert FakeTensorMode.cache_hits > hits
