@@ -241,3 +241,64 @@ def test_a_probe_on_the_model_built_once_is_the_fresh_simulation_of_its_value():
         assert (result["status"], result["peak_total"], result["oom_phase"]) == \
             (fresh.status, fresh.peak_total, fresh.oom_phase)
     assert probed[1]["status"] == "fits" and probed[512]["status"] == "OOM"  # both kinds were compared
+
+
+# -- the parallel layout: --ranks, --strategy, --cpu-offload, --no-reshard, --measured-rank ----------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ranks", "4", "--strategy", "fsd"], "unknown strategy 'fsd'; valid choices: none, fsdp, ddp"),
+    (["--ranks", "4"], "ranks=4 needs a strategy to spread the case over them; valid choices: fsdp, ddp"),
+    (["--ranks", "0", "--strategy", "fsdp"], "ranks 0 is not a positive whole number"),
+    (["--strategy", "fsdp"], "strategy 'fsdp' with ranks=1: a parallel strategy needs at least 2 ranks"),
+    (["--ranks", "3", "--strategy", "ddp", "--measured-rank", "3"],
+     "rank 3 does not exist in a world of 3; valid choices: 0..2"),
+    (["--ranks", "2", "--strategy", "ddp", "--cpu-offload"], "cpu_offload applies to strategy 'fsdp' only"),
+    (["--ranks", "2", "--strategy", "ddp", "--no-reshard"], "reshard=False applies to strategy 'fsdp' only"),
+])
+def test_a_layout_that_cannot_be_exits_2_with_check_layouts_message(capsys, argv, message):
+    code, out, err = fit(capsys, "llama-tiny", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("pytest-vram fit: error: ") and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_layout_flags_make_the_case_a_cases_file_row_makes():
+    """``--ranks 4 --strategy fsdp --cpu-offload --no-reshard --measured-rank 2`` and the
+    cases-file keys ``ranks``/``strategy``/``cpu_offload``/``reshard``/``measured_rank`` give the
+    same Case, hence the same layout and simulation."""
+    from fixtures.case_file import parse_case
+    from fixtures.fit import case_from, parser
+
+    argv = ["llama-tiny", "--ranks", "4", "--strategy", "fsdp", "--cpu-offload", "--no-reshard",
+            "--measured-rank", "2"]
+    flags = case_from(parser().parse_args(argv))
+    row = parse_case({"model": "llama-tiny", "ranks": 4, "strategy": "fsdp", "cpu_offload": True,
+                      "reshard": False, "measured_rank": 2}, "cases.toml: case 1")
+    assert flags == row
+    assert (flags.layout.ranks, flags.layout.strategy, flags.layout.rank) == (4, "fsdp", 2)
+    assert flags.layout.cpu_offload and not flags.layout.reshard
+    assert flags.id.endswith("-fsdp4-offload-noreshard-rank2-bs1-seq512")
+
+
+def test_a_rank_of_a_sharded_job_gets_its_own_verdict_and_record(capsys, tmp_path):
+    """The budget is per rank: a full fine-tune of the tiny model that does not fit a budget on
+    one GPU fits it as one rank of 4 under FSDP2 (a quarter of the parameters, gradients and
+    AdamW state). The budget lies between the two simulated peaks; the record names the rank."""
+    base = dict(adapter="none", quantization="fp32", seq_len=64, gpu="v100")
+    single = simulate(Case("llama-tiny", **base)).peak_total
+    sharded = simulate(Case("llama-tiny", **base, ranks=4, strategy="fsdp", measured_rank=1)).peak_total
+    assert sharded < single
+    budget = f"{(single + sharded) // 2}B"
+    common = ["llama-tiny", "--adapter", "none", "--quantization", "fp32", "--seq-len", "64", "--budget", budget]
+    code, out, _ = fit(capsys, *common)
+    assert code == 1 and "DOES NOT FIT" in out
+    path = tmp_path / "rank.json"
+    code, out, _ = fit(capsys, *common, "--ranks", "4", "--strategy", "fsdp", "--measured-rank", "1",
+                       "--json", str(path))
+    assert code == 0 and "FITS (fits)" in out and "simulated (rank 1 of 4 (fsdp), " in out
+    (rec,) = load(path).records
+    assert rec["parallel"] == {"ranks": 4, "strategy": "fsdp", "rank": 1}
+    assert rec["peak_total_bytes"] == sharded
+    case = rec["params"]["case"]
+    assert (case["ranks"], case["strategy"], case["measured_rank"], case["cpu_offload"], case["reshard"]) == \
+        (4, "fsdp", 1, False, True)

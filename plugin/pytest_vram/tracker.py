@@ -145,13 +145,16 @@ class StorageTracker(TorchDispatchMode):
 
     # -- labels and phases ----------------------------------------------------------------
     def label(self, tensor: torch.Tensor | None, category: str) -> None:
-        """Put ``tensor``'s storage in ``category`` (counting it if it was made untracked)."""
+        """Put ``tensor``'s storage in ``category`` (counting it if it was made untracked). A
+        meta tensor holds no memory and is not counted (as in :meth:`see_outputs`): FSDP2's CPU
+        offload keeps host state on meta under the simulator (fixtures/offload.py)."""
         if tensor is None:
             return
         if category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}; valid choices: {', '.join(CATEGORIES)}")
         for plain in plain_tensors(tensor):
-            self._labels[self.see(plain)] = category
+            if plain.device.type != "meta":
+                self._labels[self.see(plain)] = category
 
     def mark(self) -> None:
         """Start a new phase: the peak restarts from what is live now."""
