@@ -232,3 +232,15 @@ def test_replayed_adapters_train_the_published_parameter_counts():
     assert records["flux-dev-qlora-rtx4090"]["trainable_params"] == 4_669_440        # flux-qlora.md
     assert records["peft-lora-r32-llama-3.2-3b-l40s-len768"]["trainable_params"] == 9_175_040  # num_trainable_params
     assert records["peft-full-ft-llama-3.2-3b-l40s-len768"]["trainable_params"] == 3_212_749_824
+
+
+# -- the GPU profiles the published figures name ------------------------------------------------
+
+@pytest.mark.parametrize("name, mib, capability", [
+    ("rtx_a6000", 49140, (8, 6)), ("a10", 23028, (8, 6)), ("l4", 23034, (8, 9)), ("l40s", 46068, (8, 9))])
+def test_anchor_cards_have_their_nvml_totals(name, mib, capability):
+    """Each card's total is what NVML reports (nvidia-smi's MiB x 2**20, as published in the
+    profile's source), not the marketed 48 GB / 24 GB; 'rtx-a6000' is accepted as written."""
+    profile = get_profile(name.replace("_", "-"))
+    assert (profile.total_bytes, profile.compute_capability, profile.bf16) == (mib * MiB, capability, True)
+    assert "nvidia-smi" in profile.source and str(mib) in profile.source
