@@ -29,7 +29,8 @@ from pytest_vram.sizes import MiB
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "results" / "validation.json"
 FAST = ("bert-large-v100-model-load", "bert-large-v100-vanilla-bs4", "bert-large-v100-bs4-adam8bit",
-        "peft-lora-r32-llama-3.2-3b-l40s-len512", "peft-full-ft-llama-3.2-3b-l40s-len512")
+        "peft-lora-r32-llama-3.2-3b-l40s-len512", "peft-full-ft-llama-3.2-3b-l40s-len512",
+        "torchtune-qlora-llama2-7b-model-init")
 
 
 def _committed_errors() -> dict[str, float]:
@@ -133,6 +134,9 @@ def test_published_figures_convert_from_their_unit():
     assert get_anchor("bert-large-v100-vanilla-bs4").published_bytes == 14949 * 2**20
     assert get_anchor("flux-dev-qlora-rtx4090").published_bytes == 9 * 10**9
     assert get_anchor("peft-lora-r32-llama-3.2-3b-l40s-len768").published_bytes == 17_710_763_212
+    # torchtune's memory_stats_log of April 2024 divided by 1e9: its "GB" are decimal
+    assert get_anchor("torchtune-qlora-llama2-7b-len512").published_bytes == 9_290_000_000
+    assert get_anchor("torchtune-qlora-llama2-7b-model-init").published_bytes == 9_130_000_000
 
 
 # -- the anchors' validation -------------------------------------------------------------------
@@ -232,3 +236,46 @@ def test_replayed_adapters_train_the_published_parameter_counts():
     assert records["flux-dev-qlora-rtx4090"]["trainable_params"] == 4_669_440        # flux-qlora.md
     assert records["peft-lora-r32-llama-3.2-3b-l40s-len768"]["trainable_params"] == 9_175_040  # num_trainable_params
     assert records["peft-full-ft-llama-3.2-3b-l40s-len768"]["trainable_params"] == 3_212_749_824
+    # qlora_llama2_7b: rank 8 on q/k/v/output_proj (4 x 8 x (4096 + 4096)) and w1/w2/w3 (3 x 8 x (4096 + 11008))
+    assert records["torchtune-qlora-llama2-7b-len512"]["trainable_params"] == 32 * (4 * 8 * 8192 + 3 * 8 * 15104)
+
+
+def test_torchtune_replay_keeps_its_published_precisions():
+    """torchtune builds the adapters under the bf16 default dtype (no fp32 upcast), keeps the
+    embedding and output layer bf16 (no prepare_model_for_kbit_training) and checkpoints each
+    decoder layer non-reentrantly."""
+    import bitsandbytes as bnb
+
+    twin = get_anchor("torchtune-qlora-llama2-7b-len512").tiny_twin()
+    model = build(twin, "cpu", fill=True)
+    adapters = [p for p in model.parameters() if p.requires_grad]
+    assert adapters and {p.dtype for p in adapters} == {torch.bfloat16}
+    base = model.get_base_model()
+    assert base.lm_head.weight.dtype == base.model.embed_tokens.weight.dtype == torch.bfloat16
+    linear4 = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) == 7 * base.config.num_hidden_layers
+    assert all(m.weight.quant_state.nested for m in linear4)  # double-quantized constants, as torchao's NF4
+    assert base.is_activation_checkpointing
+
+
+def test_torchtune_accumulation_window_repeats_its_second_batch():
+    """The replay runs 2 batches per optimizer step where torchtune ran 16: from the 2nd batch of a
+    window on, the gradients exist and no step comes between, so more batches add no byte."""
+    twin = get_anchor("torchtune-qlora-llama2-7b-len512").tiny_twin()
+    reserved = []
+    for accum in (2, 4):
+        record = simulate(dataclasses.replace(twin, recipe_args=dict(twin.recipe_args, grad_accum=accum)))
+        reserved.append((record["phases"]["step"]["reserved"], record["phases"]["step"]["peak"]))
+    assert reserved[0] == reserved[1]
+
+
+# -- the GPU profiles the published figures name ------------------------------------------------
+
+@pytest.mark.parametrize("name, mib, capability", [
+    ("rtx_a6000", 49140, (8, 6)), ("a10", 23028, (8, 6)), ("l4", 23034, (8, 9)), ("l40s", 46068, (8, 9))])
+def test_anchor_cards_have_their_nvml_totals(name, mib, capability):
+    """Each card's total is what NVML reports (nvidia-smi's MiB x 2**20, as published in the
+    profile's source), not the marketed 48 GB / 24 GB; 'rtx-a6000' is accepted as written."""
+    profile = get_profile(name.replace("_", "-"))
+    assert (profile.total_bytes, profile.compute_capability, profile.bf16) == (mib * MiB, capability, True)
+    assert "nvidia-smi" in profile.source and str(mib) in profile.source

@@ -15,7 +15,7 @@ PROJECT_CONFTEST = """
 from pytest_vram.profiles import GpuProfile
 
 def pytest_vram_gpu_profiles():
-    return [GpuProfile("l4", "NVIDIA L4 24 GB", 23_034_200_064, (8, 9), True, "a test's figure")]
+    return [GpuProfile("lab_l4", "lab NVIDIA L4 24 GB", 23_034_200_064, (8, 9), True, "a test's figure")]
 
 def pytest_vram_libraries():
     return ["pluggy"]
@@ -30,26 +30,26 @@ def test_a_project_adds_gpu_profiles_and_libraries_through_hooks(pytester):
     pytester.makeconftest(PROJECT_CONFTEST)
     pytester.makepyfile(test_l4="""
         import pytest
-        @pytest.mark.l4
+        @pytest.mark.lab_l4
         def test_marked(vram, benchmark):
-            assert vram.gpu == "l4" and vram.budget == 23_034_200_064
+            assert vram.gpu == "lab_l4" and vram.budget == 23_034_200_064
             benchmark.pedantic(lambda: None, rounds=1, iterations=1)
         def test_default(vram):
-            assert vram.gpu == "l4"
+            assert vram.gpu == "lab_l4"
         @pytest.mark.t4
         def test_other(vram):
             pass
     """)
-    result = run(pytester, "--vram-gpu=l4", "-m", "l4 or not t4", "--vram-json=v.json", "--benchmark-json=b.json")
+    result = run(pytester, "--vram-gpu=lab_l4", "-m", "lab_l4 or not t4", "--vram-json=v.json", "--benchmark-json=b.json")
     result.assert_outcomes(passed=2, deselected=1)
-    result.stdout.fnmatch_lines(["vram: backend=cpu, emulating l4 (21.452 GiB = 23.034 GB)"])
+    result.stdout.fnmatch_lines(["vram: backend=cpu, emulating lab_l4 (21.452 GiB = 23.034 GB)"])
     machine = json.loads((pytester.path / "v.json").read_text())["machine_info"]
     assert machine["libraries"]["pluggy"] and machine["libraries"]["torch"]
     assert "transformers" not in machine["libraries"]  # the suite's, not the plugin's
     bench_machine = json.loads((pytester.path / "b.json").read_text())["machine_info"]["vram"]
     assert bench_machine["libraries"] == machine["libraries"]
     markers = run(pytester, "--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.l4: budget the test for a NVIDIA L4 24 GB (21.452 GiB)*"])
+    markers.stdout.fnmatch_lines(["@pytest.mark.lab_l4: budget the test for a lab NVIDIA L4 24 GB (21.452 GiB)*"])
 
 
 @pytest.mark.parametrize("profiles, message", [

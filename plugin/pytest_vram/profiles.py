@@ -42,6 +42,17 @@ PROFILES: dict[str, GpuProfile] = {p.name: p for p in (
     GpuProfile("a100_80gb", "A100 80 GB", _gib(79.15), (8, 0), True, _OOM),
     GpuProfile("l40s", "NVIDIA L40S 48 GB", 46068 * MiB, (8, 9), True,
                "nvidia-smi total of an NVIDIA L40S (46068 MiB)"),
+    # NVML totals as published: nvidia-smi's "MiB" total x 2**20 (the figure torch's total_memory
+    # reports); the marketed 48 GB / 24 GB (NVIDIA datasheets) are larger because the driver keeps
+    # a reserve. Compute capabilities: NVIDIA's CUDA GPUs table (developer.nvidia.com/cuda-gpus).
+    GpuProfile("rtx_a6000", "NVIDIA RTX A6000 48 GB", 49140 * MiB, (8, 6), True,
+               "nvidia-smi total of an NVIDIA RTX A6000, ECC off (49140 MiB; rig report in "
+               "github.com/noonghunna/club-3090 issue #1047)"),
+    GpuProfile("a10", "NVIDIA A10 24 GB", 23028 * MiB, (8, 6), True,
+               "nvidia-smi total of an NVIDIA A10 (23028 MiB; modal-labs/modal-client PR #2797), equal to "
+               "the NVML memoryInfo.Total 24146608128 B printed in mayooot/detect-gpu issue #3"),
+    GpuProfile("l4", "NVIDIA L4 24 GB", 23034 * MiB, (8, 9), True,
+               "nvidia-smi total of an NVIDIA L4 (23034 MiB; modal-labs/modal-client PR #2797)"),
     GpuProfile("h100_80gb", "H100 80 GB HBM3", 81559 * MiB, (9, 0), True,
                "nvidia-smi total of an H100 80GB HBM3 (81559 MiB)"),
 )}
