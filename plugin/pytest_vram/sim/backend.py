@@ -152,15 +152,22 @@ class SimBackend:
         if self.allocator is not None:
             self.allocator.free(key)
 
-    def _transient(self, sizes: list[int]) -> None:
+    def _transient(self, statements: list[list[int]]) -> None:
         """Buffers a CUDA kernel allocates and frees within one call (see
-        :mod:`.attention_workspaces`): through the allocator model only, no tensor exists."""
-        keys = []
-        for nbytes in sizes:
-            self._transient_key -= 1
-            keys.append(self._transient_key)
-            self._alloc(self._transient_key, nbytes)
-        for key in keys:
+        :mod:`.attention_workspaces`): through the allocator model only, no tensor exists. Per
+        statement, all but the last buffer are freed when it ends; the lasts when the call
+        returns, in reverse order (C++ destroys locals in reverse)."""
+        kept = []
+        for sizes in statements:
+            keys = []
+            for nbytes in sizes:
+                self._transient_key -= 1
+                keys.append(self._transient_key)
+                self._alloc(self._transient_key, nbytes)
+            for key in keys[:-1]:
+                self._free(key)
+            kept.append(keys[-1])
+        for key in reversed(kept):
             self._free(key)
 
     def _first_gemm(self) -> None:
