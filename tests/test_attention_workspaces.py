@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pytest_vram.profiles import get_profile
-from pytest_vram.sim.attention_workspaces import kernel_computes_delta
+from pytest_vram.sim.attention_workspaces import backward_kernel, forward_kernel, workspace_bytes
 from pytest_vram.sim.backend import SimBackend, cublas_workspace_bytes
 
 FP32 = 4
@@ -47,25 +47,79 @@ def test_flash_backward_copies_a_grad_that_is_not_contiguous_in_its_layout():
 
 def test_efficient_backward_in_fp32_computes_delta_with_fp32_temporaries():
     """attention_backward.cu: f32 kernels never compute delta, so the host computes
-    (grad_out * out).sum(-1).transpose(-2, -1).contiguous(): product, sum and delta."""
+    (grad_out * out).sum(-1).transpose(-2, -1).contiguous(): product, sum and delta, the first
+    two freed when the statement ends. An fp32 output is its own accumulator, so only dQ's
+    split-keys staging area is a workspace, allocated after: the sm70 f32 64x64 k64 kernel,
+    ceil(256/64) query blocks x 1 column x GradQTempStorage (16 + 64*64*4 bytes) per head."""
     b, h, n, d = 1, 8, 256, 40
     extra = backward_extra(get_profile("v100"), torch.float32, b, h, n, d)
-    assert extra == b * n * h * d * FP32 + 2 * b * h * n * FP32
+    product, delta, workspace = b * n * h * d * FP32, b * h * n * FP32, b * h * 4 * (16 + 64 * 64 * FP32)
+    assert extra == max(product + 2 * delta, delta + workspace) == delta + workspace
+    small = backward_extra(get_profile("v100"), torch.float32, b, h, 64, d)   # one query block
+    assert small == max(b * 64 * h * d * FP32 + 2 * b * h * 64 * FP32, b * h * 64 * FP32 + b * h * (16 + 64 * 64 * FP32))
 
 
-@pytest.mark.parametrize("cc, dtype, k, computes", [
-    ((8, 0), torch.bfloat16, 128, True), ((7, 5), torch.float16, 256, True),
-    ((7, 0), torch.float16, 64, True), ((7, 0), torch.float16, 160, False),
-    ((7, 0), torch.float16, 128, None), ((8, 6), torch.float32, 64, False),
+BMHK = (8 * 128, 8 * 128, 8 * 128)     # stride(2) of [B, M, H, K] views, 8 heads of 128
+
+
+@pytest.mark.parametrize("cc, dtype, k, kernel", [
+    # V100: the 128x64 k128 kernel's 49 KiB of shared storage fits the card's 96 KiB
+    ((7, 0), torch.float16, 128, (128, 64, 128, True, False)),
+    ((7, 0), torch.float16, 64, (64, 64, 64, True, False)),
+    ((7, 0), torch.float16, 160, (128, 64, 65536, False, True)),
+    # T4 (64 KiB): the 128x64 k128 kernel (54 KiB) fits too
+    ((7, 5), torch.float16, 128, (128, 64, 128, True, False)),
+    # A100 (163 KiB): the 128x128 k128 kernel (150 KiB in fp16)
+    ((8, 0), torch.float16, 128, (128, 128, 128, True, False)),
+    # L40S / RTX 4090 (99 KiB): 128x128 does not fit, the 64x64 k128 kernel stages dK/dV
+    ((8, 9), torch.bfloat16, 128, (64, 64, 128, True, True)),
+    ((8, 6), torch.float32, 64, (64, 64, 64, False, False)),
 ])
-def test_which_efficient_kernels_compute_delta(cc, dtype, k, computes):
-    assert kernel_computes_delta(cc, dtype, k) is computes
+def test_which_efficient_backward_kernel_a_card_launches(cc, dtype, k, kernel):
+    """The first kernel of dispatch_cutlassB whose compile-time sizes pass launchKernel's
+    checks: (block_i, block_j, max_k, computes delta, stages dK/dV in fp32 memory)."""
+    chosen = backward_kernel(cc, dtype, k, 512, 512, False, BMHK)
+    assert (chosen.block_i, chosen.block_j, chosen.max_k, chosen.computes_delta,
+            chosen.accum_grad_k) == kernel
 
 
-def test_efficient_backward_with_fp16_kernel_delta_is_one_fp32_value_per_query():
+def test_efficient_backward_kernel_is_not_guessed_for_an_unknown_card():
+    assert backward_kernel((6, 1), torch.bfloat16, 64, 64, 64, False, BMHK) is None
+    assert backward_kernel((11, 3), torch.float16, 64, 64, 64, False, BMHK) is None
+
+
+def test_seq_aligned_kernels_need_block_multiples():
+    aligned = backward_kernel((7, 0), torch.float16, 128, 512, 512, False, BMHK)
+    ragged = backward_kernel((7, 0), torch.float16, 128, 500, 500, False, BMHK)
+    assert aligned.seq_aligned and not ragged.seq_aligned
+    assert ragged.block_i == 128 and ragged.shared_storage == aligned.shared_storage
+
+
+def test_llama_on_a_v100_stages_dq_in_an_fp32_workspace():
+    """LLaMA-7B on a V100: fp16, 32 heads of 128, 512 tokens, batch 4. The 128x64 k128 kernel
+    keeps dK/dV in registers; dQ goes through GradQTempStorage tiles: 4 query blocks x 2
+    columns of (16 + 128*64*4) bytes per (batch, head)."""
+    kernel = backward_kernel((7, 0), torch.float16, 128, 512, 512, False, (4096,) * 3)
+    assert workspace_bytes(kernel, 4, 32, 512, 512, 128, 128) == 4 * 32 * 4 * 2 * (16 + 128 * 64 * FP32)
+
+
+def test_split_keys_are_capped_when_dk_dv_need_staging():
+    """attention_backward.cu: ceil(N / 64) splits, at most 200 // (B * H) when gK/gV are
+    staged (one 64 x 128 fp32 tile each per split), at least 1."""
+    kernel = backward_kernel((8, 9), torch.float16, 128, 512, 4096, False, BMHK)
+    per_head_gq = 8 * 2 * (16 + 64 * 64 * FP32) // FP32
+    staged = 64 * 128
+    assert workspace_bytes(kernel, 1, 8, 512, 4096, 128, 128) == 8 * (25 * 2 * staged + per_head_gq) * FP32
+    assert workspace_bytes(kernel, 1, 8, 512, 512, 128, 128) == 8 * (8 * 2 * staged + per_head_gq) * FP32
+    assert workspace_bytes(kernel, 4, 64, 512, 512, 128, 128) == 4 * 64 * (2 * staged + per_head_gq) * FP32
+
+
+def test_efficient_backward_with_fp16_kernel_delta_and_dq_workspace():
+    """V100, fp16, head dim 64: the 64x64 k64 kernel computes delta (one fp32 value per query)
+    and stages dQ: 8 query blocks x 1 column x (16 + 64*64*4) bytes per head."""
     b, h, n, d = 1, 8, 512, 64
     extra = backward_extra(get_profile("v100"), torch.float16, b, h, n, d)
-    assert extra == b * h * n * FP32
+    assert extra == b * h * n * FP32 + b * h * 8 * (16 + 64 * 64 * FP32)
 
 
 def test_cublaslt_shares_the_cublas_workspace():
@@ -99,6 +153,7 @@ def forward_extra(profile, dtype, b, h, n, d):
 
 @pytest.mark.parametrize("dtype, d, accumulator", [
     (torch.float16, 160, True),    # kMaxK 65536 kernel: output accumulated in fp32 memory
+    (torch.float16, 128, False),   # 32x128 kMaxK 128 kernel (25 KiB): output kept in registers
     (torch.float16, 64, False),    # 64x64 kMaxK 64 kernel: output kept in registers
     (torch.float32, 160, False),   # fp32 output is its own accumulator
 ])
@@ -106,6 +161,12 @@ def test_efficient_forward_output_accumulator(dtype, d, accumulator):
     b, h, n = 1, 8, 64
     extra = forward_extra(get_profile("v100"), dtype, b, h, n, d)
     assert extra == (b * n * h * d * FP32 if accumulator else 0)
+
+
+def test_forward_kernel_choice_follows_the_cards_shared_memory():
+    chosen = forward_kernel((8, 9), torch.bfloat16, 128, False, False, BMHK)
+    assert (chosen.queries_per_block, chosen.keys_per_block, chosen.needs_output_accum) == (64, 128, False)
+    assert forward_kernel((8, 9), torch.bfloat16, 256, False, False, BMHK).needs_output_accum
 
 
 def gqa_step(profile, dtype, b, hq, hkv, n, d):

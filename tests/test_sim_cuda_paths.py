@@ -203,3 +203,23 @@ def test_cuda_only_low_precision_ops_cast_a_weight_once_per_autocast_region():
         assert inside == 256 * 256 * 2 + 2 * 8 * 256 * 2   # one fp16 copy of w, two outputs
     finally:
         backend.stop()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layer_norm_keeps_fp32_mean_and_rstd_on_the_gpu(target, dtype):
+    """layer_norm_kernel.cu: mean/rstd in acc_type (fp32) for a half input on CUDA; the CPU
+    kernel keeps them in the input's dtype. Backward runs with either and gives the input's dtype."""
+    rows, width = 4096, 1024
+    x = torch.empty(rows, width, dtype=dtype, requires_grad=True)
+    w, b = (torch.empty(width, dtype=dtype, requires_grad=True) for _ in range(2))
+    kept, y = kept_bytes(target, F.layer_norm, x, [width], w, b)
+    stats = 2 * rows * (4 if target.gpu_models else 2)
+    assert kept == rows * width * 2 + stats
+    y.backward(torch.empty_like(y))
+    assert x.grad.dtype == w.grad.dtype == dtype
+
+
+def test_fp32_layer_norm_is_the_same_on_both(target):
+    x = torch.empty(512, 256, requires_grad=True)
+    kept, _ = kept_bytes(target, F.layer_norm, x, [256])
+    assert kept == 512 * 256 * 4 + 2 * 512 * 4

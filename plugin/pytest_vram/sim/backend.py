@@ -6,7 +6,8 @@ The mode is torch's own with a cheaper spelling of its dispatch-cache key
 
 What differs on the GPU is modelled from the profile, each piece switchable (``gpu_models``):
 the code paths torch takes on a CUDA tensor where they differ from the CPU's (composites
-that branch on ``is_cuda()``, :mod:`.cuda_composites`; autocast's op lists,
+that branch on ``is_cuda()``, :mod:`.cuda_composites`; outputs whose dtype the CUDA kernel
+picks differently, :mod:`.cuda_kernel_outputs`; autocast's op lists,
 :mod:`.autocast_lists`; the optimizer and clipping implementations, :mod:`.optimizers`), the
 attention kernel it would pick (:mod:`.attention`), the caching allocator's rounding,
 segments and reserved memory (:mod:`.allocator`), the attention kernels' transient
@@ -16,11 +17,15 @@ product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models o
 simulates a CPU target: the same bytes as a real CPU run. A simulated OOM is raised at the
 first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
 
-Not modelled, for want of a size that the source fixes: cuDNN convolution workspaces (cuDNN
-picks the algorithm, and so the workspace, at run time), the efficient-attention kernels'
-buffers where the kernel choice depends on its shared-memory footprint
-(:mod:`.attention_workspaces`), and allocator fragmentation over many steps (one step is
-replayed).
+Not modelled, for want of a size that the source fixes: cuDNN convolution workspaces and
+allocator fragmentation over many steps (one step is replayed). The workspace does go through
+the caching allocator (aten/src/ATen/native/cudnn/Conv_v8.cpp ``run_conv_plan``:
+``CUDACachingAllocator::get()->allocate(plan.getWorkspaceSize())``, freed when the call
+returns), but its size is that of the execution plan cuDNN's heuristics rank first for the
+shape, GPU and cuDNN version (``get_configs_from_heuristics``, ``CUDNN_HEUR_MODE_INSTANT``;
+with ``benchmark=True`` the fastest measured plan, filtered by the largest block the allocator
+can hand out): nothing in torch's source fixes it, and since engines without a workspace exist
+the only floor the source gives is 0 bytes.
 
 Reads of tensor values get host-side stand-ins (:mod:`.value_reads`), on either target.
 Libraries that resist fake tensors get a shim while the backend runs, one module each:
@@ -41,6 +46,7 @@ from ..tracker import StorageTracker
 from .allocator import CachingAllocatorModel, OutOfSimulatedMemory
 from .attention import routed_attention
 from .attention_workspaces import kernel_temporaries
+from .cuda_kernel_outputs import CUDA_OUTPUTS
 from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_quantized_params
 from .cuda_composites import cuda_composites
@@ -77,6 +83,8 @@ class _SimTracker(StorageTracker):
         if func in GEMMS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {})
+        if func in CUDA_OUTPUTS and self._backend.gpu_models:
+            out = CUDA_OUTPUTS[func](args, out)
         self.see_outputs(out)
         if self._backend.allocator is not None:
             self._backend._transient(kernel_temporaries(func, args, self._backend.profile.compute_capability))
@@ -134,15 +142,22 @@ class SimBackend:
         if self.allocator is not None:
             self.allocator.free(key)
 
-    def _transient(self, sizes: list[int]) -> None:
+    def _transient(self, statements: list[list[int]]) -> None:
         """Buffers a CUDA kernel allocates and frees within one call (see
-        :mod:`.attention_workspaces`): through the allocator model only, no tensor exists."""
-        keys = []
-        for nbytes in sizes:
-            self._transient_key -= 1
-            keys.append(self._transient_key)
-            self._alloc(self._transient_key, nbytes)
-        for key in keys:
+        :mod:`.attention_workspaces`): through the allocator model only, no tensor exists. Per
+        statement, all but the last buffer are freed when it ends; the lasts when the call
+        returns, in reverse order (C++ destroys locals in reverse)."""
+        kept = []
+        for sizes in statements:
+            keys = []
+            for nbytes in sizes:
+                self._transient_key -= 1
+                keys.append(self._transient_key)
+                self._alloc(self._transient_key, nbytes)
+            for key in keys[:-1]:
+                self._free(key)
+            kept.append(keys[-1])
+        for key in reversed(kept):
             self._free(key)
 
     def _first_gemm(self) -> None:

@@ -29,12 +29,8 @@ Checked and found the same on both devices (nothing to do): cross entropy
 tensors; under autocast CUDA's fp32 policy for log_softmax/nll_loss comes from
 :mod:`.autocast_lists` and the half_to_float branch from here) and group norm
 (group_norm.cpp ``native_group_norm`` is one implementation for CPU and CUDA: mean/rstd in
-``param_scalar_type``). Differs, not modelled: ``native_layer_norm`` on an fp16/bf16 input keeps
-mean and rstd (M rows each) in fp32 on CUDA (cuda/layer_norm_kernel.cu ``layer_norm_cuda``:
-``acc_type``) and in the input's dtype on the CPU (and in torch/_refs ``native_layer_norm``, the
-fake implementation): 4 bytes x M less here per layer norm outside autocast (16 KiB for 4096
-rows; under autocast layer_norm runs in fp32 and both keep fp32). Changing it would mean a
-per-target fake implementation, and fake tensors' dispatch cache is shared process-wide.
+``param_scalar_type``). ``native_layer_norm`` is no composite, but its CUDA kernel returns fp32
+mean/rstd for a half input where the CPU's returns the input's dtype: :mod:`.cuda_kernel_outputs`.
 """
 from __future__ import annotations
 
