@@ -279,3 +279,83 @@ def test_anchor_cards_have_their_nvml_totals(name, mib, capability):
     profile = get_profile(name.replace("_", "-"))
     assert (profile.total_bytes, profile.compute_capability, profile.bf16) == (mib * MiB, capability, True)
     assert "nvidia-smi" in profile.source and str(mib) in profile.source
+
+
+# -- the LyCORIS guidelines' rows: kohya sd-scripts' train_network.py (fixtures/sd_scripts.py) ---------
+
+LYCORIS_REPLAYED = [a for a in ANCHORS if a.recipe == "kohya_sd_scripts_2023"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anchor", LYCORIS_REPLAYED, ids=lambda a: a.id)
+def test_sd_scripts_recipe_trains_each_lycoris_algorithm_for_real(anchor):
+    """Every algorithm the table's rows use (the generic twin test above keeps one per recipe
+    shape) trains its network on the tiny SD twin for real: the network changes, the text
+    encoder and UNet stay frozen."""
+    torch.manual_seed(0)
+    twin = anchor.tiny_twin()
+    model = build(twin, "cpu", fill=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(twin, model, "cpu")
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    assert trainable and all(n.startswith("network.") for n in trainable)
+    assert any(not torch.equal(params[n], before[n]) for n in trainable)
+    assert all(torch.equal(params[n], before[n]) for n in params if n not in trainable)
+    assert all(math.isfinite(p.float().sum().item()) for p in params.values())
+
+
+def test_sd_scripts_replay_keeps_its_published_setup():
+    """train_network.py with mixed_precision bf16 (not full_bf16) and cache_latents: a bf16 UNet,
+    the fp32 text encoder as loaded, an fp32 network on both (network_train_unet_only = false), no
+    VAE on the device; LyCORIS' 2023 attn-mlp preset for the one call, the library's own presets
+    and network class state untouched afterwards."""
+    import lycoris.kohya as kohya
+
+    state = {k: getattr(kohya.LycorisNetworkKohya, k) for k in ("ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE",
+                                                                 "TEXT_ENCODER_TARGET_REPLACE_MODULE")}
+    presets = set(kohya.PRESET)
+    twin = get_anchor("lycoris-sd1-lora-attn-mlp-dim32-rtx4090").tiny_twin()
+    model = build(twin, "cpu", fill=True)
+    assert model.vae is None
+    assert {p.dtype for p in model.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.text_encoder.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.network.parameters()} == {torch.float32}
+    names = [m.lora_name for m in model.network.modules() if hasattr(m, "lora_name")]
+    assert any(n.startswith("lora_te") for n in names) and any(n.startswith("lora_unet") for n in names)
+    assert all("attn" in n or "mlp" in n or "ff_net" in n or "proj" in n for n in names)
+    assert set(kohya.PRESET) == presets
+    assert {k: getattr(kohya.LycorisNetworkKohya, k) for k in state} == state
+
+
+def test_sd_scripts_text_conditioning_is_the_published_152_tokens():
+    """max_token_length 150: two 77-token chunks through the text encoder, merged back to BOS +
+    2 x 75 + EOS = 152 tokens (train_util.get_hidden_states, v1), cast to bf16 for the UNet."""
+    from fixtures.sd_scripts import _text_conds
+
+    twin = get_anchor("lycoris-sd1-lora-attn-mlp-dim32-rtx4090").tiny_twin()
+    model = build(twin, "cpu", fill=True)
+    ids = torch.randint(0, model.text_encoder.config.vocab_size, (2, 2, 77))
+    conds = _text_conds(model, ids, 2, 150, torch.bfloat16)
+    assert conds.shape == (2, 152, model.text_encoder.config.hidden_size) and conds.dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_lycoris_convolution_factors_are_sized_under_the_simulator():
+    """LyCORIS sizes a 1x1 convolution's LoHa/LoKr factors with
+    ``torch.tensor(kernel_size).prod().item()``; under the simulator that read must give the
+    kernel's size, not the value-read stand-in 0 (which made [r, 0] factors and failed the step)."""
+    twin = get_anchor("lycoris-sd1-loha-attn-mlp-dim16-rtx4090").tiny_twin()
+    real = build(twin, "cpu", fill=True)
+    record = simulate(twin)
+    assert record["phases"]["step"]["oom"] is False
+    profile = get_profile(twin.gpu)
+    backend = SimBackend(profile, budget=profile.total_bytes)
+    backend.start()
+    try:
+        fake = build(twin, Meter(backend, profile, profile.total_bytes).device, fill=False)
+        shapes = {n: tuple(p.shape) for n, p in fake.network.named_parameters()}
+    finally:
+        backend.stop()
+        backend.release()
+    assert shapes == {n: tuple(p.shape) for n, p in real.network.named_parameters()}
