@@ -240,24 +240,6 @@ def test_replayed_adapters_train_the_published_parameter_counts():
     assert records["torchtune-qlora-llama2-7b-len512"]["trainable_params"] == 32 * (4 * 8 * 8192 + 3 * 8 * 15104)
 
 
-def test_torchtune_replay_keeps_its_published_precisions():
-    """torchtune builds the adapters under the bf16 default dtype (no fp32 upcast), keeps the
-    embedding and output layer bf16 (no prepare_model_for_kbit_training) and checkpoints each
-    decoder layer non-reentrantly."""
-    import bitsandbytes as bnb
-
-    twin = get_anchor("torchtune-qlora-llama2-7b-len512").tiny_twin()
-    model = build(twin, "cpu", fill=True)
-    adapters = [p for p in model.parameters() if p.requires_grad]
-    assert adapters and {p.dtype for p in adapters} == {torch.bfloat16}
-    base = model.get_base_model()
-    assert base.lm_head.weight.dtype == base.model.embed_tokens.weight.dtype == torch.bfloat16
-    linear4 = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(linear4) == 7 * base.config.num_hidden_layers
-    assert all(m.weight.quant_state.nested for m in linear4)  # double-quantized constants, as torchao's NF4
-    assert base.is_activation_checkpointing
-
-
 def test_torchtune_accumulation_window_repeats_its_second_batch():
     """The replay runs 2 batches per optimizer step where torchtune ran 16: from the 2nd batch of a
     window on, the gradients exist and no step comes between, so more batches add no byte."""
