@@ -108,6 +108,19 @@ def test_a_command_whose_suite_is_not_importable_says_how_to_get_it(commands_ent
     assert err.count("\n") == 1 and "cannot be imported" in err and "pip install -e '.[suite]'" in err
 
 
+def test_the_installed_console_script_runs_fit_from_the_repository_root():
+    """The README's ``pytest-vram fit ...``, typed in a checkout: the console script's sys.path
+    starts at its bin/ folder, so the command is resolved against the current directory too."""
+    import os
+    import shutil
+
+    script = shutil.which("pytest-vram") or str(Path(sys.executable).with_name("pytest-vram"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([script, "fit", "--help"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--max-seq-len" in out.stdout and "cannot be imported" not in out.stderr
+
+
 def test_pyproject_declares_the_fit_entry_point():
     import tomllib
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 
 from . import report
@@ -115,6 +116,11 @@ def project_commands() -> dict:
 
 def _run_project_command(args) -> int:
     ep = args.entry_point
+    # a project's command may live in its checkout rather than in an installed package (the suite's
+    # ``fixtures.fit``): resolve it against the current directory too, as ``python -m`` would, after
+    # everything installed (a console script's sys.path starts at its bin/ folder, not at the cwd)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         command = ep.load()
     except ImportError as exc:
