@@ -60,3 +60,43 @@ def test_best_fit_ties_go_to_the_lowest_address_whatever_the_creation_order():
     a.malloc(10, 12 * MiB)
     seg, offset, *_ = a._where[10]
     assert seg is a.segments[0] and seg.base == 0 and offset == 0
+
+
+def test_a_block_is_reused_only_on_the_stream_that_allocated_its_segment():
+    """get_free_block: a cached block of another stream is no fit (c10/cuda/CUDACachingAllocator.cpp)."""
+    a = CachingAllocatorModel(limit=None)
+    a.malloc(0, 30 * MiB, stream=1)           # e.g. an all-gather output on a collective's stream
+    a.free(0)
+    a.malloc(1, 30 * MiB)                     # the default stream cannot take it: a new segment
+    assert a.reserved == 60 * MiB
+    a.free(1)
+    a.malloc(2, 30 * MiB, stream=1)           # its own stream takes its block back
+    a.malloc(3, 30 * MiB, stream=0)
+    assert a.reserved == 60 * MiB and a._where[2][0].stream == 1 and a._where[3][0].stream == 0
+
+
+def test_the_simulator_allocates_on_the_current_stream():
+    """Under the simulator the current stream is torch.cpu's (the fake tensors are CPU tensors),
+    the one FSDP2's collectives enter with ``device_handle.stream(...)``."""
+    import torch
+
+    from pytest_vram.profiles import get_profile
+    from pytest_vram.sim.backend import SimBackend
+
+    backend = SimBackend(get_profile("a100_80gb"))
+    backend.start()
+    try:
+        side = torch.cpu.Stream()
+        with torch.cpu.stream(side):
+            buffer = torch.empty(30 * MiB, dtype=torch.uint8)
+        del buffer
+        activations = torch.empty(30 * MiB, dtype=torch.uint8)
+        reserved_apart = backend.allocator.reserved
+        del activations
+        with torch.cpu.stream(side):
+            again = torch.empty(30 * MiB, dtype=torch.uint8)
+        reserved_after = backend.allocator.reserved
+        del again
+    finally:
+        backend.stop()
+    assert reserved_apart == 60 * MiB and reserved_after == reserved_apart

@@ -49,7 +49,7 @@ def test_a_storage_is_counted_once_while_alive():
 
 def _check_consistent(a: CachingAllocatorModel) -> None:
     """Blocks tile each segment; the free lists hold exactly the free blocks; the totals add up."""
-    free = {True: [], False: []}
+    free: dict = {}
     allocated = 0
     for seg in a.segments:
         assert [b[0] for b in seg.blocks] == sorted(b[0] for b in seg.blocks)
@@ -58,13 +58,14 @@ def _check_consistent(a: CachingAllocatorModel) -> None:
         assert not any(left[2] and right[2] for left, right in zip(seg.blocks, seg.blocks[1:]))  # merged
         for b in seg.blocks:
             if b[2]:
-                free[seg.small].append((b[1], seg.base + b[0]))
+                free.setdefault((seg.small, seg.stream), []).append((b[1], seg.base + b[0]))
             else:
                 allocated += b[1]
-    for pool in (True, False):
-        assert a._free[pool] == sorted(free[pool])
-        assert all(a._free_segment[address].small is pool for _, address in a._free[pool])
-    assert len(a._free_segment) == len(a._free[True]) + len(a._free[False])
+    for pool in set(free) | set(a._free):
+        assert a._free.get(pool, []) == sorted(free.get(pool, []))
+        assert all((a._free_segment[address].small, a._free_segment[address].stream) == pool
+                   for _, address in a._free.get(pool, []))
+    assert len(a._free_segment) == sum(len(blocks) for blocks in a._free.values())
     assert a.allocated == allocated
     assert a.reserved == sum(seg.size for seg in a.segments)
 

@@ -10,6 +10,10 @@ predict reserved memory and where an allocation would run out of memory.
   depends on where Python put an object); a block is split when the remainder
   is at least 512 bytes (small pool) or over 1 MiB (large pool); freed blocks merge with free
   neighbours in their segment.
+- A segment belongs to the stream that was current when it was allocated, and its blocks are
+  reused only by requests on that stream (``get_free_block``: ``(*it)->stream != p.stream()``
+  is no fit): memory a collective's stream cached (FSDP2's all-gather and reduce-scatter
+  buffers) is not there for the default stream's activations, and the other way round.
 - ``requested`` counts the bytes asked for, before rounding (torch's ``requested_bytes``
   statistic); ``allocated`` the blocks handed out (``allocated_bytes``).
 - When a new segment would pass the device limit, the cached free segments are released
@@ -51,6 +55,7 @@ class _Segment:
     small: bool
     base: int  # simulated device address
     blocks: list = field(default_factory=list)  # [offset, size, free] sorted by offset
+    stream: int = 0  # the stream it was allocated on (0: the default stream)
 
 
 class OutOfSimulatedMemory(Exception):
@@ -69,7 +74,7 @@ class CachingAllocatorModel:
         self.peak_allocated = 0
         self.requested = 0          # bytes asked for, unrounded (requested_bytes)
         self.peak_requested = 0
-        self._free: dict[bool, list] = {True: [], False: []}  # pool -> sorted [(size, address)]
+        self._free: dict[tuple[bool, int], list] = {}  # (small pool?, stream) -> sorted [(size, address)]
         self._free_segment: dict[int, _Segment] = {}  # address of a free block -> its segment
         self._where: dict[int, tuple[_Segment, int, int]] = {}
         self._next_address = 0
@@ -79,17 +84,17 @@ class CachingAllocatorModel:
         self.peak_allocated = self.allocated
         self.peak_requested = self.requested
 
-    def malloc(self, key: int, nbytes: int) -> None:
+    def malloc(self, key: int, nbytes: int, stream: int = 0) -> None:
         size = round_size(nbytes)
         small = size <= SMALL_SIZE
-        found = self._take_free(small, size)
+        found = self._take_free(small, size, stream)
         if found is None:
             seg_size = segment_size(size)
             if self.limit is not None and self.reserved + seg_size > self.limit:
                 self.empty_cache()
                 if self.reserved + seg_size > self.limit:
                     raise OutOfSimulatedMemory(size, self.reserved, self.limit)
-            seg = _Segment(seg_size, small, self._next_address, [[0, seg_size, True]])
+            seg = _Segment(seg_size, small, self._next_address, [[0, seg_size, True]], stream)
             self._next_address += seg_size
             self.segments.append(seg)
             self.reserved += seg_size
@@ -134,8 +139,8 @@ class CachingAllocatorModel:
         self.segments = keep
 
     # -- internals ------------------------------------------------------------------------
-    def _take_free(self, small: bool, size: int):
-        pool = self._free[small]
+    def _take_free(self, small: bool, size: int, stream: int):
+        pool = self._free.get((small, stream), ())
         i = bisect.bisect_left(pool, (size, -1))
         if i == len(pool):
             return None
@@ -145,11 +150,11 @@ class CachingAllocatorModel:
 
     def _list(self, seg: _Segment, block) -> None:
         address = seg.base + block[0]
-        bisect.insort(self._free[seg.small], (block[1], address))
+        bisect.insort(self._free.setdefault((seg.small, seg.stream), []), (block[1], address))
         self._free_segment[address] = seg
 
     def _unlist(self, seg: _Segment, block) -> None:
-        pool = self._free[seg.small]
+        pool = self._free.get((seg.small, seg.stream), [])
         entry = (block[1], seg.base + block[0])
         i = bisect.bisect_left(pool, entry)
         if i < len(pool) and pool[i] == entry:

@@ -108,6 +108,7 @@ class SimBackend:
         self._workspace = not self.gpu_models  # nothing to allocate for a CPU target
         self._stack = contextlib.ExitStack()
         self._transient_key = WORKSPACE_KEY  # transient buffers take keys below it
+        self._streams = [torch.cpu.current_stream()]  # the allocator model's stream numbers: the default is 0
 
     def start(self) -> None:
         capability = self.profile.compute_capability if self.gpu_models else None
@@ -129,7 +130,7 @@ class SimBackend:
     def _alloc(self, key: int, nbytes: int) -> None:
         if self.allocator is not None:
             try:
-                self.allocator.malloc(key, nbytes)
+                self.allocator.malloc(key, nbytes, self._stream_id())
             except OutOfSimulatedMemory as exc:
                 raise SimulatedOutOfMemoryError(
                     f"simulated CUDA out of memory on {self.profile.label}: tried to allocate "
@@ -137,6 +138,18 @@ class SimBackend:
         elif self._limit is not None and self.tracker.live_bytes + nbytes > self._limit:
             raise SimulatedOutOfMemoryError(
                 f"simulated out of memory: {self.tracker.live_bytes + nbytes} bytes live of {self._limit} available")
+
+    def _stream_id(self) -> int:
+        """The current stream, numbered for the allocator model (its blocks are per stream): the
+        default stream is 0, any other its order of first use. The fake tensors are CPU tensors, so
+        the streams FSDP2 makes for its collectives are ``torch.cpu.Stream`` objects and
+        ``torch.cpu.stream(s)`` makes one current, as ``torch.cuda.stream`` would on a GPU."""
+        stream = torch.cpu.current_stream()
+        for number, known in enumerate(self._streams):
+            if known is stream:
+                return number
+        self._streams.append(stream)
+        return len(self._streams) - 1
 
     def _free(self, key: int) -> None:
         if self.allocator is not None:
