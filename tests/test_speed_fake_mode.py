@@ -101,3 +101,65 @@ def test_the_simulator_runs_under_the_fast_key_mode():
         x = torch.empty(16, 16)
         (x @ x) @ x  # the second mm has the first's key: a cache hit
         assert FakeTensorMode.cache_hits > hits
+
+
+
+def _bnb_calls(mode):
+    """One call of each :data:`PURE_CUSTOM_OPS` op, made under ``mode``, with the arguments
+    bitsandbytes' NF4 path passes (bitsandbytes/functional.py ``quantize_4bit``,
+    ``dequantize_4bit``, ``quantize_blockwise``, ``dequantize_blockwise``; ``gemm_4bit``)."""
+    pytest.importorskip("bitsandbytes")  # registers torch.ops.bitsandbytes
+    ops = torch.ops.bitsandbytes
+    with mode:
+        w = torch.empty(96, 64, dtype=torch.float16)
+        packed = torch.empty(96 * 64 // 2, 1, dtype=torch.uint8)
+        absmax = torch.empty(96, dtype=torch.float32)
+        absmax8 = torch.empty(96, dtype=torch.uint8)
+        x = torch.empty(2, 5, 64, dtype=torch.float16)
+        code = torch.empty(256, dtype=torch.float32)
+    return [
+        (ops.quantize_4bit.default, (w, 64, "nf4", torch.uint8)),
+        (ops.dequantize_4bit.default, (packed, absmax, 64, "nf4", [96, 64], torch.float16)),
+        (ops.gemm_4bit.default, (x, packed, [96, 64], absmax, 64, "nf4")),
+        (ops.quantize_blockwise.default, (absmax, code, 256)),
+        (ops.dequantize_blockwise.default, (absmax8, absmax[:1], code, 256, torch.float32)),
+    ]
+
+
+def _described(out):
+    outs = out if isinstance(out, tuple) else (out,)
+    return [(o.shape, o.stride(), o.dtype, o.device, o.untyped_storage().nbytes()) for o in outs]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["quantize_4bit", "dequantize_4bit", "gemm_4bit",
+                                                 "quantize_blockwise", "dequantize_blockwise"])
+def test_bitsandbytes_kernels_are_cached_with_the_same_outputs(index):
+    """A cache hit on a bitsandbytes op gives what its fake kernel gives (torch's own crosscheck
+    re-runs the kernel on every hit and compares the metadata), in fresh storages."""
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    mode.cache_crosscheck_enabled = True
+    func, args = _bnb_calls(mode)[index]
+    bypassed = FakeTensorMode.cache_bypasses["non-builtin"]
+    with mode:
+        first = func(*args)
+        hits = FakeTensorMode.cache_hits
+        again = func(*args)
+    assert FakeTensorMode.cache_hits == hits + 1  # the op itself, not the kernel's torch.empty
+    assert FakeTensorMode.cache_bypasses["non-builtin"] == bypassed
+    assert _described(again) == _described(first)
+    storages = {id(a.untyped_storage()) for a in args if isinstance(a, torch.Tensor)}
+    outs = again if isinstance(again, tuple) else (again,)
+    assert not storages & {id(o.untyped_storage()) for o in outs}
+
+
+def test_a_plain_fake_mode_still_refuses_bitsandbytes_kernels():
+    """The simulator's entries are keyed as its own: torch's mode bypasses the op as before."""
+    func, args = _bnb_calls(SimFakeTensorMode(allow_non_fake_inputs=True))[2]
+    func(*args)
+    func(*args)
+    plain = FakeTensorMode()
+    func, args = _bnb_calls(plain)[2]
+    bypassed = FakeTensorMode.cache_bypasses["non-builtin"]
+    with plain:
+        func(*args)
+    assert FakeTensorMode.cache_bypasses["non-builtin"] == bypassed + 1

@@ -38,6 +38,7 @@ import contextlib
 import gc
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor, _device_handler
 
 from ..meter import PhaseResult
 from ..profiles import GpuProfile
@@ -56,6 +57,7 @@ from .peft import host_module_dropout
 from .transformers import unpacked_sequences
 from .value_reads import call_with_host_values
 
+PRIM_DEVICE = torch.ops.prim.device.default
 GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
          torch.ops.aten.baddbmm.default}
 WORKSPACE_KEY = -1
@@ -80,6 +82,12 @@ class _SimTracker(StorageTracker):
         self._backend = backend
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is PRIM_DEVICE and type(args[0]) is FakeTensor:
+            # ``tensor.device`` asked from C++ (half the calls that reach this mode): what the
+            # FakeTensorMode below would answer first thing (torch/_subclasses/fake_tensor.py
+            # ``FakeTensorMode.dispatch``: ``_DISPATCH_META_HANDLERS[func](args)``, i.e.
+            # ``_device_handler``), without passing through it; no storage, no kernel
+            return _device_handler(args)
         if func in GEMMS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {})

@@ -15,6 +15,14 @@ constants, foreign tensors, containers, functions) takes torch's own code, so a 
 element for element the key torch would build (``tests/test_speed_fake_mode.py`` compares
 them), and the class-wide cache is shared with plain FakeTensorModes without any risk of a
 wrong hit. Nothing about what the op returns changes: only how fast its key is spelled.
+
+torch also refuses to cache any op outside aten/prim (``_validate_cache_key``: "non-builtin"),
+since a custom op's fake kernel may do anything. bitsandbytes' 4-bit and blockwise kernels
+(:data:`PURE_CUSTOM_OPS`) each return fresh ``torch.empty``/``empty_like`` tensors whose
+metadata is a function of the arguments' metadata and the ints/strings/dtypes passed, and
+nothing else (no value read, no dynamic size, no alias, no side effect), which is exactly what
+the cache records; :class:`SimFakeTensorMode` caches them, under keys marked as its own so that
+a plain FakeTensorMode sharing the class-wide cache never meets such an entry.
 """
 from __future__ import annotations
 
@@ -22,12 +30,41 @@ import contextlib
 
 import torch
 from torch._prims_common import suggest_memory_format
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, _DispatchCacheKey
 
 _STRIDED = torch.strided
 
+# bitsandbytes 0.50.2, bitsandbytes/_ops.py: the fake kernels (``register_fake``) of these ops
+# only check their arguments and return new ``torch.empty(...)`` / ``torch.empty_like(A,
+# dtype=...)`` tensors shaped from the arguments' shapes and the ints passed (``shape``,
+# ``blocksize``, ``quant_storage``): quantize_4bit (out, absmax), dequantize_4bit,
+# gemm_4bit, quantize_blockwise (out, absmax), dequantize_blockwise. The int8 ops are not
+# here: some ask for a dynamic size (``new_dynamic_size``).
+PURE_CUSTOM_OPS = frozenset({"bitsandbytes::quantize_4bit", "bitsandbytes::dequantize_4bit",
+                             "bitsandbytes::gemm_4bit", "bitsandbytes::quantize_blockwise",
+                             "bitsandbytes::dequantize_blockwise"})
+
+
+def _pure_custom(func) -> bool:
+    return getattr(func, "_name", None) in PURE_CUSTOM_OPS and getattr(func, "_overloadname", None) == "default"
+
 
 class SimFakeTensorMode(FakeTensorMode):
+    def _cache_key(self, state, func, args, kwargs):
+        """torch's key; for a :data:`PURE_CUSTOM_OPS` op, marked with this class first, so that
+        only this mode (which caches them) finds its entries."""
+        key = super()._cache_key(state, func, args, kwargs)
+        if _pure_custom(func):
+            return _DispatchCacheKey((SimFakeTensorMode, *key.key))
+        return key
+
+    def _validate_cache_key(self, func, args, kwargs) -> None:
+        """torch's checks, except that a :data:`PURE_CUSTOM_OPS` op may be cached (it carries
+        no tag that the checks look for, and is not a view)."""
+        if _pure_custom(func):
+            return
+        super()._validate_cache_key(func, args, kwargs)
+
     def _prep_args_for_hash(self, result, args, state, id_hashed_objects) -> None:
         """torch's ``FakeTensorMode._prep_args_for_hash`` with a direct path for the common
         argument: a strided FakeTensor of this mode without symbolic sizes and without a
