@@ -163,3 +163,34 @@ def test_a_plain_fake_mode_still_refuses_bitsandbytes_kernels():
     with plain:
         func(*args)
     assert FakeTensorMode.cache_bypasses["non-builtin"] == bypassed + 1
+
+
+def _views(mode):
+    with mode:
+        x = torch.empty(4, 6, 8, dtype=torch.float16)
+        y = x.transpose(0, 1)
+    return [(x, [24, 8]), (x[1:], [3, 48]), (y, [6, 4, 8]), (y[:, :2], [6, 16])]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["contiguous", "offset", "transposed", "not-viewable"])
+def test_unsafe_view_is_cached_as_the_view_torch_computes(index):
+    """``_unsafe_view`` under the simulator's mode: what torch's FakeTensorMode returns (shape,
+    strides, offset, the input's own storage, or the same error), now from the cache."""
+    def run(mode):
+        t, shape = _views(mode)[index]
+        try:
+            with mode:
+                out = aten._unsafe_view.default(t, shape)
+        except Exception as exc:  # noqa: BLE001 (compared below)
+            return type(exc), str(exc)
+        return out.shape, out.stride(), out.storage_offset(), out.untyped_storage() is t.untyped_storage()
+
+    expected = run(FakeTensorMode())
+    mode = SimFakeTensorMode()
+    run(mode)
+    hits, bypassed = FakeTensorMode.cache_hits, FakeTensorMode.cache_bypasses["unsafe view"]
+    assert run(mode) == expected
+    assert FakeTensorMode.cache_bypasses["unsafe view"] == bypassed
+    if index != 3:
+        assert expected[3] is True
+        assert FakeTensorMode.cache_hits > hits
