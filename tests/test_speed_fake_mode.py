@@ -194,3 +194,37 @@ def test_unsafe_view_is_cached_as_the_view_torch_computes(index):
     if index != 3:
         assert expected[3] is True
         assert FakeTensorMode.cache_hits > hits
+
+
+def _described_fully(t, inputs):
+    return (type(t), t.shape, t.stride(), t.storage_offset(), t.dtype, t.device, t.requires_grad, t.is_conj(),
+            t.is_neg(), t.untyped_storage().nbytes(), torch._C._dispatch_key_set(t),
+            [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.untyped_storage() is t.untyped_storage()])
+
+
+def test_a_cache_hit_makes_the_output_torchs_code_makes():
+    """The simulator's spelling of a hit's output against torch's, entry for entry: views (the
+    input's storage), strides, channels-last, conjugate and negative bits (torch's path)."""
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    calls = argument_sets(mode)
+    with mode:
+        t = torch.empty(6, 4, requires_grad=True)
+    calls += [(aten.t.default, (t,), {}), (aten.slice.Tensor, (t, 0, 1, 5), {}), (aten.mul.Tensor, (t, t), {}),
+              (aten.expand.default, (t[:1], [3, 6, 4]), {}), (aten.permute.default, (t, [1, 0]), {}),
+              (aten.neg.default, (calls[6][1][0],), {})]
+    checked = []
+    for func, args, kwargs in calls:
+        with mode:
+            func(*args, **kwargs)
+        state = _CacheKeyState(mode.shape_env)
+        key = mode._cache_key(state, func, args, kwargs)
+        entry = FakeTensorMode.cache.get(key)
+        if entry is None or not hasattr(entry, "output_infos"):
+            continue
+        for info in entry.output_infos:
+            ours = mode._get_output_tensor_from_cache_entry(state, info, key, func, args)
+            torchs = FakeTensorMode._get_output_tensor_from_cache_entry(mode, state, info, key, func, args)
+            assert _described_fully(ours, args) == _described_fully(torchs, args), func
+            checked.append(_described_fully(ours, args))
+    assert len(checked) >= 11
+    assert any(d[-1] for d in checked) and any(len(d[1]) == 4 for d in checked)  # views; channels-last
