@@ -49,7 +49,7 @@ from .attention import routed_attention
 from .attention_workspaces import kernel_temporaries
 from .cuda_kernel_outputs import CUDA_OUTPUTS
 from .autocast_lists import cuda_autocast
-from .bitsandbytes import fake_quantized_params
+from .bitsandbytes import fake_code_map, fake_quantized_params
 from .cuda_composites import cuda_composites
 from .fake_mode import fake_tensors
 from .optimizers import target_implementations
@@ -127,7 +127,8 @@ class SimBackend:
         self._stack.enter_context(fake_quantized_params())
         self._stack.enter_context(host_module_dropout())
         self._stack.enter_context(unpacked_sequences())
-        self._stack.enter_context(fake_tensors())
+        mode = self._stack.enter_context(fake_tensors())
+        self._stack.enter_context(fake_code_map(mode))
         self._stack.enter_context(self.tracker)
 
     def stop(self) -> None:
