@@ -60,6 +60,8 @@ from .value_reads import call_with_host_values
 PRIM_DEVICE = torch.ops.prim.device.default
 GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
          torch.ops.aten.baddbmm.default}
+_GEMM_IDS = frozenset(map(id, GEMMS))
+_CUDA_OUTPUT_IDS = frozenset(map(id, CUDA_OUTPUTS))
 WORKSPACE_KEY = -1
 
 
@@ -88,10 +90,11 @@ class _SimTracker(StorageTracker):
             # ``FakeTensorMode.dispatch``: ``_DISPATCH_META_HANDLERS[func](args)``, i.e.
             # ``_device_handler``), without passing through it; no storage, no kernel
             return _device_handler(args)
-        if func in GEMMS:
+        ident = id(func)  # OpOverload hashes in Python; its id (one object per overload) does not
+        if ident in _GEMM_IDS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {})
-        if func in CUDA_OUTPUTS and self._backend.gpu_models:
+        if ident in _CUDA_OUTPUT_IDS and self._backend.gpu_models:
             out = CUDA_OUTPUTS[func](args, out)
         self.see_outputs(out)
         if self._backend.allocator is not None:

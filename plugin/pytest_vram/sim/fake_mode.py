@@ -56,6 +56,8 @@ _STRIDED = torch.strided
 _CONTIGUOUS = torch.contiguous_format
 _OpOverload = torch._ops.OpOverload
 _C = torch._C
+# the ops torch's dispatch answers before its cache (by id: OpOverload hashes in Python)
+_ANSWERED_BY_TORCH = frozenset(map(id, (*fake_tensor._DISPATCH_META_HANDLERS, *fake_tensor._DISPATCH_HANDLE_DIRECTLY)))
 
 # bitsandbytes 0.50.2, bitsandbytes/_ops.py: the fake kernels (``register_fake``) of these ops
 # only check their arguments and return new ``torch.empty(...)`` / ``torch.empty_like(A,
@@ -80,8 +82,7 @@ class SimFakeTensorMode(FakeTensorMode):
     def dispatch(self, func, types, args=(), kwargs=None):
         """torch's ``FakeTensorMode.dispatch`` when it would do more than look up the cache
         (debug logging, the ops it answers itself, the cache off); else that lookup."""
-        if func in fake_tensor._DISPATCH_META_HANDLERS or func in fake_tensor._DISPATCH_HANDLE_DIRECTLY \
-                or not self.cache_enabled or fake_tensor.log.getEffectiveLevel() <= logging.DEBUG:
+        if id(func) in _ANSWERED_BY_TORCH or not self.cache_enabled or fake_tensor.log.getEffectiveLevel() <= logging.DEBUG:
             return super().dispatch(func, types, args, kwargs or {})
         return self._cached_dispatch_impl(func, types, args, kwargs or {})
 
