@@ -172,3 +172,27 @@ def test_full_size_nf4_weights_match_arithmetic(quantization):
     params = sum(m.out_features * m.in_features for m in quantized)
     bits = 8 * (expected - params // 2) / params
     assert bits == pytest.approx(0.127 if quantization == "nf4-dq" else 0.5, abs=0.01)
+
+
+def test_double_quantization_code_map_is_a_fake_tensor_not_counted():
+    """While the simulator runs, bitsandbytes' module-wide 8-bit code map is a fake tensor of
+    its mode (so quantize_blockwise's dispatch can be cached), made before the tracker starts:
+    not counted, as the real table was not; each layer's copy of it still is (1 KiB)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    backend = SimBackend(V100, gpu_models=False)
+    backend.start()
+    try:
+        table = bnb.functional.name2qmap["dynamic"]
+        assert isinstance(table, FakeTensor) and table.shape == (256,)
+        assert backend.tracker.live_bytes == 0
+        before = FakeTensorMode.cache_bypasses["non-fake tensor"]
+        x = torch.empty(512, dtype=torch.float32)
+        out, state = bnb.functional.quantize_blockwise(x, blocksize=256)
+        assert FakeTensorMode.cache_bypasses["non-fake tensor"] == before
+        assert out.dtype == torch.uint8 and state.code is not table and state.code.untyped_storage().nbytes() == 1024
+        assert backend.tracker.live_bytes == 512 * 4 + 512 + 2 * 4 + 1024  # x, out, absmax, the copy
+    finally:
+        backend.stop()
+    assert not isinstance(bnb.functional.name2qmap["dynamic"], FakeTensor)

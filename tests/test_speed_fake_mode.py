@@ -101,3 +101,130 @@ def test_the_simulator_runs_under_the_fast_key_mode():
         x = torch.empty(16, 16)
         (x @ x) @ x  # the second mm has the first's key: a cache hit
         assert FakeTensorMode.cache_hits > hits
+
+
+
+def _bnb_calls(mode):
+    """One call of each :data:`PURE_CUSTOM_OPS` op, made under ``mode``, with the arguments
+    bitsandbytes' NF4 path passes (bitsandbytes/functional.py ``quantize_4bit``,
+    ``dequantize_4bit``, ``quantize_blockwise``, ``dequantize_blockwise``; ``gemm_4bit``)."""
+    pytest.importorskip("bitsandbytes")  # registers torch.ops.bitsandbytes
+    ops = torch.ops.bitsandbytes
+    with mode:
+        w = torch.empty(96, 64, dtype=torch.float16)
+        packed = torch.empty(96 * 64 // 2, 1, dtype=torch.uint8)
+        absmax = torch.empty(96, dtype=torch.float32)
+        absmax8 = torch.empty(96, dtype=torch.uint8)
+        x = torch.empty(2, 5, 64, dtype=torch.float16)
+        code = torch.empty(256, dtype=torch.float32)
+    return [
+        (ops.quantize_4bit.default, (w, 64, "nf4", torch.uint8)),
+        (ops.dequantize_4bit.default, (packed, absmax, 64, "nf4", [96, 64], torch.float16)),
+        (ops.gemm_4bit.default, (x, packed, [96, 64], absmax, 64, "nf4")),
+        (ops.quantize_blockwise.default, (absmax, code, 256)),
+        (ops.dequantize_blockwise.default, (absmax8, absmax[:1], code, 256, torch.float32)),
+    ]
+
+
+def _described(out):
+    outs = out if isinstance(out, tuple) else (out,)
+    return [(o.shape, o.stride(), o.dtype, o.device, o.untyped_storage().nbytes()) for o in outs]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["quantize_4bit", "dequantize_4bit", "gemm_4bit",
+                                                 "quantize_blockwise", "dequantize_blockwise"])
+def test_bitsandbytes_kernels_are_cached_with_the_same_outputs(index):
+    """A cache hit on a bitsandbytes op gives what its fake kernel gives (torch's own crosscheck
+    re-runs the kernel on every hit and compares the metadata), in fresh storages."""
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    mode.cache_crosscheck_enabled = True
+    func, args = _bnb_calls(mode)[index]
+    bypassed = FakeTensorMode.cache_bypasses["non-builtin"]
+    with mode:
+        first = func(*args)
+        hits = FakeTensorMode.cache_hits
+        again = func(*args)
+    assert FakeTensorMode.cache_hits == hits + 1  # the op itself, not the kernel's torch.empty
+    assert FakeTensorMode.cache_bypasses["non-builtin"] == bypassed
+    assert _described(again) == _described(first)
+    storages = {id(a.untyped_storage()) for a in args if isinstance(a, torch.Tensor)}
+    outs = again if isinstance(again, tuple) else (again,)
+    assert not storages & {id(o.untyped_storage()) for o in outs}
+
+
+def test_a_plain_fake_mode_still_refuses_bitsandbytes_kernels():
+    """The simulator's entries are keyed as its own: torch's mode bypasses the op as before."""
+    func, args = _bnb_calls(SimFakeTensorMode(allow_non_fake_inputs=True))[2]
+    func(*args)
+    func(*args)
+    plain = FakeTensorMode()
+    func, args = _bnb_calls(plain)[2]
+    bypassed = FakeTensorMode.cache_bypasses["non-builtin"]
+    with plain:
+        func(*args)
+    assert FakeTensorMode.cache_bypasses["non-builtin"] == bypassed + 1
+
+
+def _views(mode):
+    with mode:
+        x = torch.empty(4, 6, 8, dtype=torch.float16)
+        y = x.transpose(0, 1)
+    return [(x, [24, 8]), (x[1:], [3, 48]), (y, [6, 4, 8]), (y[:, :2], [6, 16])]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["contiguous", "offset", "transposed", "not-viewable"])
+def test_unsafe_view_is_cached_as_the_view_torch_computes(index):
+    """``_unsafe_view`` under the simulator's mode: what torch's FakeTensorMode returns (shape,
+    strides, offset, the input's own storage, or the same error), now from the cache."""
+    def run(mode):
+        t, shape = _views(mode)[index]
+        try:
+            with mode:
+                out = aten._unsafe_view.default(t, shape)
+        except Exception as exc:  # noqa: BLE001 (compared below)
+            return type(exc), str(exc)
+        return out.shape, out.stride(), out.storage_offset(), out.untyped_storage() is t.untyped_storage()
+
+    expected = run(FakeTensorMode())
+    mode = SimFakeTensorMode()
+    run(mode)
+    hits, bypassed = FakeTensorMode.cache_hits, FakeTensorMode.cache_bypasses["unsafe view"]
+    assert run(mode) == expected
+    assert FakeTensorMode.cache_bypasses["unsafe view"] == bypassed
+    if index != 3:
+        assert expected[3] is True
+        assert FakeTensorMode.cache_hits > hits
+
+
+def _described_fully(t, inputs):
+    return (type(t), t.shape, t.stride(), t.storage_offset(), t.dtype, t.device, t.requires_grad, t.is_conj(),
+            t.is_neg(), t.untyped_storage().nbytes(), torch._C._dispatch_key_set(t),
+            [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.untyped_storage() is t.untyped_storage()])
+
+
+def test_a_cache_hit_makes_the_output_torchs_code_makes():
+    """The simulator's spelling of a hit's output against torch's, entry for entry: views (the
+    input's storage), strides, channels-last, conjugate and negative bits (torch's path)."""
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    calls = argument_sets(mode)
+    with mode:
+        t = torch.empty(6, 4, requires_grad=True)
+    calls += [(aten.t.default, (t,), {}), (aten.slice.Tensor, (t, 0, 1, 5), {}), (aten.mul.Tensor, (t, t), {}),
+              (aten.expand.default, (t[:1], [3, 6, 4]), {}), (aten.permute.default, (t, [1, 0]), {}),
+              (aten.neg.default, (calls[6][1][0],), {})]
+    checked = []
+    for func, args, kwargs in calls:
+        with mode:
+            func(*args, **kwargs)
+        state = _CacheKeyState(mode.shape_env)
+        key = mode._cache_key(state, func, args, kwargs)
+        entry = FakeTensorMode.cache.get(key)
+        if entry is None or not hasattr(entry, "output_infos"):
+            continue
+        for info in entry.output_infos:
+            ours = mode._get_output_tensor_from_cache_entry(state, info, key, func, args)
+            torchs = FakeTensorMode._get_output_tensor_from_cache_entry(mode, state, info, key, func, args)
+            assert _described_fully(ours, args) == _described_fully(torchs, args), func
+            checked.append(_described_fully(ours, args))
+    assert len(checked) >= 11
+    assert any(d[-1] for d in checked) and any(len(d[1]) == 4 for d in checked)  # views; channels-last

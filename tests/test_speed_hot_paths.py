@@ -91,3 +91,28 @@ def test_random_mallocs_and_frees_keep_the_model_consistent():
     assert a.allocated == 0 and a.requested == 0
     a.empty_cache()
     assert a.reserved == 0 and a.segments == []
+
+
+def test_device_queries_are_answered_above_the_fake_mode(monkeypatch):
+    """``prim.device`` (C++ asking a fake tensor its device: about half of what reaches the
+    simulator's tracker) is answered by the tracker with torch's own handler, the fake mode's
+    dispatch not entered; the answer is the fake device."""
+    from pytest_vram.profiles import get_profile
+    from pytest_vram.sim.backend import SimBackend
+    from pytest_vram.sim.fake_mode import SimFakeTensorMode
+
+    reached = []
+    dispatch = SimFakeTensorMode.dispatch
+    monkeypatch.setattr(SimFakeTensorMode, "dispatch", lambda self, func, *a, **k: (
+        reached.append(func), dispatch(self, func, *a, **k))[1])
+    backend = SimBackend(get_profile("v100"))
+    backend.start()
+    try:
+        t = torch.empty(3)
+        reached.clear()
+        assert torch.ops.prim.device.default(t) == torch.device("cpu")
+        assert reached == []
+        torch.ops.aten.neg.default(t)
+        assert reached == [torch.ops.aten.neg.default]
+    finally:
+        backend.stop()

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor as _FAKE
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
@@ -205,8 +206,11 @@ def output_leaves(out) -> tuple | list:
 
 def plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     """The tensors that hold ``tensor``'s memory: itself, or for a wrapper subclass (DTensor,
-    whose own storage is a placeholder of the global shape) its inner tensors, recursively."""
-    if not is_traceable_wrapper_subclass(tensor):
+    whose own storage is a placeholder of the global shape) its inner tensors, recursively.
+    The simulator's FakeTensor and a plain tensor, which define no ``__tensor_flatten__``, are
+    answered without torch's protocol check (two ``hasattr`` misses a tensor, per op)."""
+    kind = type(tensor)
+    if kind is _FAKE or kind is torch.Tensor or not is_traceable_wrapper_subclass(tensor):
         return [tensor]
     names, _ = tensor.__tensor_flatten__()
     inner = (getattr(tensor, name) for name in names)  # DTensor also lists its (tensor-less) mesh

@@ -38,6 +38,7 @@ import contextlib
 import gc
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor, _device_handler
 
 from ..meter import PhaseResult
 from ..profiles import GpuProfile
@@ -48,7 +49,7 @@ from .attention import routed_attention
 from .attention_workspaces import kernel_temporaries
 from .cuda_kernel_outputs import CUDA_OUTPUTS
 from .autocast_lists import cuda_autocast
-from .bitsandbytes import fake_quantized_params
+from .bitsandbytes import fake_code_map, fake_quantized_params
 from .cuda_composites import cuda_composites
 from .fake_mode import fake_tensors
 from .optimizers import target_implementations
@@ -56,8 +57,11 @@ from .peft import host_module_dropout
 from .transformers import unpacked_sequences
 from .value_reads import call_with_host_values
 
+PRIM_DEVICE = torch.ops.prim.device.default
 GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
          torch.ops.aten.baddbmm.default}
+_GEMM_IDS = frozenset(map(id, GEMMS))
+_CUDA_OUTPUT_IDS = frozenset(map(id, CUDA_OUTPUTS))
 WORKSPACE_KEY = -1
 
 
@@ -80,10 +84,17 @@ class _SimTracker(StorageTracker):
         self._backend = backend
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in GEMMS:
+        if func is PRIM_DEVICE and type(args[0]) is FakeTensor:
+            # ``tensor.device`` asked from C++ (half the calls that reach this mode): what the
+            # FakeTensorMode below would answer first thing (torch/_subclasses/fake_tensor.py
+            # ``FakeTensorMode.dispatch``: ``_DISPATCH_META_HANDLERS[func](args)``, i.e.
+            # ``_device_handler``), without passing through it; no storage, no kernel
+            return _device_handler(args)
+        ident = id(func)  # OpOverload hashes in Python; its id (one object per overload) does not
+        if ident in _GEMM_IDS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {})
-        if func in CUDA_OUTPUTS and self._backend.gpu_models:
+        if ident in _CUDA_OUTPUT_IDS and self._backend.gpu_models:
             out = CUDA_OUTPUTS[func](args, out)
         self.see_outputs(out)
         if self._backend.allocator is not None:
@@ -120,7 +131,8 @@ class SimBackend:
         self._stack.enter_context(fake_quantized_params())
         self._stack.enter_context(host_module_dropout())
         self._stack.enter_context(unpacked_sequences())
-        self._stack.enter_context(fake_tensors())
+        mode = self._stack.enter_context(fake_tensors())
+        self._stack.enter_context(fake_code_map(mode))
         self._stack.enter_context(self.tracker)
 
     def stop(self) -> None:

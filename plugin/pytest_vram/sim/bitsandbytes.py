@@ -14,9 +14,15 @@ do not:
   them unbound.
 - the 8-bit dynamic code maps are computed with ``.tolist()``, which has no value under fake
   tensors. Double quantization's map is cached module-wide on first use: it is built for real
-  beforehand (1 KiB). The 8-bit optimizers build two maps each at construction: the shim
-  computes them for real and returns a fake copy, which the tracker counts like the device
-  copy the optimizer keeps.
+  beforehand (1 KiB), and while the simulator runs it is held as a fake tensor of its mode,
+  made before the tracker starts (so, as before, not counted), as on the GPU, where it is a
+  device tensor (functional.py ``name2qmap["dynamic"] = create_dynamic_map().to(A.device)``):
+  ``quantize_blockwise`` then passes the kernel a fake tensor, which FakeTensor's dispatch
+  cache accepts, instead of a real one that torch converts to a fake on every call (and
+  refuses to cache: "non-fake tensor"); the layer's own copy (``code.to(A.device,
+  copy=True)``) is a new 1 KiB storage either way. The 8-bit optimizers build two maps each
+  at construction: the shim computes them for real and returns a fake copy, which the tracker
+  counts like the device copy the optimizer keeps.
 
 Not modelled, a device branch of bitsandbytes' own: in training, ``bnb.matmul`` (8-bit,
 autograd/_functions.py ``matmul``) runs ``MatMul8bitFp`` for CPU tensors (the weight dequantized
@@ -95,3 +101,21 @@ def fake_quantized_params() -> Iterator[None]:
         for cls, original in originals.items():
             cls.__new__ = original
         bnb.functional.create_dynamic_map = create_dynamic_map
+
+
+@contextlib.contextmanager
+def fake_code_map(mode) -> Iterator[None]:
+    """While active, double quantization's module-wide code map is a fake tensor of ``mode``
+    (see the module doc); enter it after the fake mode and before the storage tracker."""
+    try:
+        from bitsandbytes.functional import name2qmap
+    except ImportError:  # nothing to shim
+        yield
+        return
+    build_code_maps()
+    real = name2qmap["dynamic"]
+    name2qmap["dynamic"] = mode.from_tensor(real)
+    try:
+        yield
+    finally:
+        name2qmap["dynamic"] = real

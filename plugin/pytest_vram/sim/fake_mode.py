@@ -15,19 +15,127 @@ constants, foreign tensors, containers, functions) takes torch's own code, so a 
 element for element the key torch would build (``tests/test_speed_fake_mode.py`` compares
 them), and the class-wide cache is shared with plain FakeTensorModes without any risk of a
 wrong hit. Nothing about what the op returns changes: only how fast its key is spelled.
+
+torch also refuses to cache any op outside aten/prim (``_validate_cache_key``: "non-builtin"),
+since a custom op's fake kernel may do anything. bitsandbytes' 4-bit and blockwise kernels
+(:data:`PURE_CUSTOM_OPS`) each return fresh ``torch.empty``/``empty_like`` tensors whose
+metadata is a function of the arguments' metadata and the ints/strings/dtypes passed, and
+nothing else (no value read, no dynamic size, no alias, no side effect), which is exactly what
+the cache records; :class:`SimFakeTensorMode` caches them, under keys marked as its own so that
+a plain FakeTensorMode sharing the class-wide cache never meets such an entry.
+
+``aten._unsafe_view`` (what ``reshape``/``matmul`` emit, ~7% of an SDXL step's ops) is
+refused too ("unsafe view": its schema hides the alias, so a cached output would get a storage
+of its own). Under FakeTensorMode it is ``aten.view`` by torch's own definition: the fake
+kernel registered for both is one function (torch/_subclasses/fake_impls.py ``_view_meta``,
+``@register_op_impl(aten.view.default)`` and ``(aten._unsafe_view.default)``), and its
+decomposition is ``aten.view(x, shape)`` (torch/_decomp/decompositions.py
+``_reshape_alias``); the simulator dispatches it as ``aten.view``, which the cache holds with
+its alias (the output shares the input's storage, as ``_unsafe_view``'s does).
+
+Two more steps of each op are spelled shorter, with the same effect: ``dispatch`` goes straight
+to the cache when torch's would (no debug logging on, not one of the ops it answers itself),
+without torch's per-op ``with no_dispatch(): log.debug(...)``; and a cache hit's output is made
+as ``_get_output_tensor_from_cache_entry`` makes it (``torch.empty_strided`` on meta inside
+``in_kernel_invocation_manager``'s guards, the input's storage set for a view,
+``FakeTensor(mode, empty, device)``), with that generator context manager written out inline;
+anything else (a shape environment, conjugate or negative bits, an in-place or constant
+output) takes torch's code.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch._prims_common import suggest_memory_format
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses import fake_tensor
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, _DispatchCacheKey
 
 _STRIDED = torch.strided
+_CONTIGUOUS = torch.contiguous_format
+_OpOverload = torch._ops.OpOverload
+_C = torch._C
+# the ops torch's dispatch answers before its cache (by id: OpOverload hashes in Python)
+_ANSWERED_BY_TORCH = frozenset(map(id, (*fake_tensor._DISPATCH_META_HANDLERS, *fake_tensor._DISPATCH_HANDLE_DIRECTLY)))
+
+# bitsandbytes 0.50.2, bitsandbytes/_ops.py: the fake kernels (``register_fake``) of these ops
+# only check their arguments and return new ``torch.empty(...)`` / ``torch.empty_like(A,
+# dtype=...)`` tensors shaped from the arguments' shapes and the ints passed (``shape``,
+# ``blocksize``, ``quant_storage``): quantize_4bit (out, absmax), dequantize_4bit,
+# gemm_4bit, quantize_blockwise (out, absmax), dequantize_blockwise. The int8 ops are not
+# here: some ask for a dynamic size (``new_dynamic_size``).
+PURE_CUSTOM_OPS = frozenset({"bitsandbytes::quantize_4bit", "bitsandbytes::dequantize_4bit",
+                             "bitsandbytes::gemm_4bit", "bitsandbytes::quantize_blockwise",
+                             "bitsandbytes::dequantize_blockwise"})
+
+
+def _pure_custom(func) -> bool:
+    return getattr(func, "_name", None) in PURE_CUSTOM_OPS and getattr(func, "_overloadname", None) == "default"
+
+
+_UNSAFE_VIEW = torch.ops.aten._unsafe_view.default
+_VIEW = torch.ops.aten.view.default
 
 
 class SimFakeTensorMode(FakeTensorMode):
+    def dispatch(self, func, types, args=(), kwargs=None):
+        """torch's ``FakeTensorMode.dispatch`` when it would do more than look up the cache
+        (debug logging, the ops it answers itself, the cache off); else that lookup."""
+        if id(func) in _ANSWERED_BY_TORCH or not self.cache_enabled or fake_tensor.log.getEffectiveLevel() <= logging.DEBUG:
+            return super().dispatch(func, types, args, kwargs or {})
+        return self._cached_dispatch_impl(func, types, args, kwargs or {})
+
+    def _get_output_tensor_from_cache_entry(self, state, entry, key, func, args):
+        """torch's, for a plain tensor output without a shape environment (whose cached sizes
+        are then ints: torch's ``check_value`` returns them as they are)."""
+        metadata = entry.metadata
+        if metadata is None or entry.inplace_idx is not None or self.shape_env is not None \
+                or metadata.layout is not _STRIDED or metadata.is_conj or metadata.is_neg:
+            return super()._get_output_tensor_from_cache_entry(state, entry, key, func, args)
+        view = args[entry.view_idx] if isinstance(func, _OpOverload) and func.is_view else None
+        if view is not None and not isinstance(view, FakeTensor):
+            raise AssertionError("view_arg must be a FakeTensor")
+        # in_kernel_invocation_manager(self), inline (torch/_subclasses/fake_tensor.py)
+        previous = self.in_kernel_invocation
+        if _C._meta_in_tls_dispatch_include() != previous:
+            raise AssertionError(f"{_C._meta_in_tls_dispatch_include()}, {previous}")
+        with _C._DisableTorchDispatch():
+            self.in_kernel_invocation = True
+            with _C._PreserveDispatchKeyGuard():
+                _C._set_meta_in_tls_dispatch_include(True)
+                try:
+                    empty = torch.empty_strided(metadata.shape, metadata.stride, dtype=metadata.dtype,
+                                                layout=_STRIDED, device="meta",
+                                                requires_grad=metadata.requires_grad)
+                    if view is not None:
+                        empty.set_(view.untyped_storage(), metadata.storage_offset, metadata.shape, metadata.stride)
+                finally:
+                    self.in_kernel_invocation = previous
+        return FakeTensor(self, empty, metadata.device)
+
+    def _cached_dispatch_impl(self, func, types, args, kwargs):
+        """torch's, with ``aten._unsafe_view`` dispatched as the ``aten.view`` it is under a
+        fake mode (see the module docstring)."""
+        if func is _UNSAFE_VIEW:
+            func = _VIEW
+        return super()._cached_dispatch_impl(func, types, args, kwargs)
+
+    def _cache_key(self, state, func, args, kwargs):
+        """torch's key; for a :data:`PURE_CUSTOM_OPS` op, marked with this class first, so that
+        only this mode (which caches them) finds its entries."""
+        key = super()._cache_key(state, func, args, kwargs)
+        if _pure_custom(func):
+            return _DispatchCacheKey((SimFakeTensorMode, *key.key))
+        return key
+
+    def _validate_cache_key(self, func, args, kwargs) -> None:
+        """torch's checks, except that a :data:`PURE_CUSTOM_OPS` op may be cached (it carries
+        no tag that the checks look for, and is not a view)."""
+        if _pure_custom(func):
+            return
+        super()._validate_cache_key(func, args, kwargs)
+
     def _prep_args_for_hash(self, result, args, state, id_hashed_objects) -> None:
         """torch's ``FakeTensorMode._prep_args_for_hash`` with a direct path for the common
         argument: a strided FakeTensor of this mode without symbolic sizes and without a
@@ -67,7 +175,8 @@ def _flatten_plain_fake(result: list, t: FakeTensor) -> None:
     ``_prep_args_for_hash`` makes of a tuple of ints); the other fields as they are."""
     shape = t.shape
     stride = t.stride()
-    memory_format = suggest_memory_format(t)
+    # suggest_memory_format answers contiguous_format for any strided tensor of another rank
+    memory_format = suggest_memory_format(t) if len(shape) in (4, 5) else _CONTIGUOUS
     if not t.is_contiguous(memory_format=memory_format):
         memory_format = None
     append = result.append
