@@ -231,6 +231,15 @@ def test_what_if_under_fsdp_offers_only_switches_the_layout_takes(capsys, quanti
         assert (code, err) == (0, "") and "\nswitch " in out
         assert all(f"  simulated: {n}\n" in out for n in names)
 
+
+def test_what_if_leaves_out_a_switch_the_case_cannot_take():
+    """FLUX has no eager attention; a trained text encoder is not checkpointed: those switches are
+    left out, every other is offered."""
+    flux = [name for name, _ in switches(Case("flux1-dev", rank=4))]
+    assert "eager attention" not in flux and {"checkpointing", "nf4-dq", "rank 2"} <= set(flux)
+    te = [name for name, _ in switches(Case("sd15", "lora", "fp32", rank=4, train_text_encoder=True))]
+    assert "checkpointing" not in te and "eager attention" in te
+
 def test_gpus_lists_every_profile(capsys):
     from pytest_vram.profiles import PROFILES
 

@@ -60,3 +60,13 @@ def test_what_the_suite_does_not_model_is_one_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Case(**{"model": "sd15", "adapter": "lora", "quantization": "fp32", "rank": 4, "train_text_encoder": True,
                 **kwargs})
+
+
+def test_the_fit_flag_and_the_cases_file_key_make_the_same_case():
+    from fixtures.case_file import parse_case
+    from fixtures.fit import case_from, parser
+
+    flags = case_from(parser().parse_args(["sd15", "--rank", "4", "--quantization", "fp32", "--train-text-encoder"]))
+    row = parse_case({"model": "sd15", "rank": 4, "quantization": "fp32", "train_text_encoder": True},
+                     "cases.toml: case 1")
+    assert flags == row and flags.train_text_encoder
