@@ -130,6 +130,13 @@ def _pytest(*args, cwd=REPO):
 
 @pytest.mark.slow
 def test_pytest_benchmarks_runs_only_the_files_cases_and_says_so(tmp_path):
+    """Two LLM rows and a FLUX transformer config (a DiT: benchmarks/test_flux.py runs it)."""
+    from fixtures.diffusers_configs import tiny_flux
+
+    flux = tmp_path / "my-flux" / "transformer" / "config.json"
+    flux.parent.mkdir(parents=True)
+    flux.write_text(json.dumps(dict(tiny_flux({"in_channels": 64, "guidance_embeds": True}),
+                                    _class_name="FluxTransformer2DModel")))
     path = write(tmp_path, '''
 [[case]]
 model = "llama-tiny"
@@ -141,17 +148,27 @@ model = "llama-tiny"
 seq_len = 64
 budget = "100MiB"
 expect_oom = true
+
+[[case]]
+model = "my-flux/transformer/config.json"
+rank = 4
+resolution = 64
+budget = "2GiB"
 ''')
     result = _pytest("benchmarks", "--vram-cases", str(path), "-v", f"--vram-json={tmp_path / 'out.json'}")
     out = result.stdout
     assert result.returncode == 0, out[-3000:]
-    assert f"vram: --vram-cases {path}: 2 cases; only these run" in out
+    assert f"vram: --vram-cases {path}: 3 cases; only these run" in out
     assert "test_llama[llama-tiny-lora-r8-fp16-budget2GiB-bs1-seq64] PASSED" in out
     assert "test_llama[llama-tiny-lora-r8-fp16-budget100MiB-bs1-seq64] PASSED" in out
-    assert "2 passed" in out and "deselected" in out
-    records = json.loads((tmp_path / "out.json").read_text())["records"]
-    assert [r["budget_bytes"] for r in records] == [2 << 30, 100 << 20]
-    assert [r["status"] for r in records] == ["fits", "OOM"]
+    assert "test_flux[my-flux-lora-r4-fp16-budget2GiB-bs1-64px] PASSED" in out
+    assert "3 passed" in out and "deselected" in out
+    records = {r["case"]: r for r in json.loads((tmp_path / "out.json").read_text())["records"]}
+    assert {case: (r["budget_bytes"], r["status"]) for case, r in records.items()} == {
+        "llama-tiny-lora-r8-fp16-budget2GiB-bs1-seq64": (2 << 30, "fits"),
+        "llama-tiny-lora-r8-fp16-budget100MiB-bs1-seq64": (100 << 20, "OOM"),
+        "my-flux-lora-r4-fp16-budget2GiB-bs1-64px": (2 << 30, "fits")}
+    assert records["my-flux-lora-r4-fp16-budget2GiB-bs1-64px"]["trainable_params"] > 0
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ V100 = get_profile("v100")
 ZOO = zoo_names()
 LLM_ZOO = [n for n in ZOO if get_model_spec(n).family == "llm"]
 DIFFUSION_ZOO = [n for n in ZOO if get_model_spec(n).family == "diffusion"]
+FLUX_ZOO = [n for n in ZOO if get_model_spec(n).family == "flux"]
 # a UNet twin's real CPU step (VAE, text encoder, UNet) takes 10-40 s on this machine
 TWINS = [pytest.param(n, marks=pytest.mark.slow) if n in DIFFUSION_ZOO else n for n in ZOO]
 
@@ -24,6 +25,8 @@ TWINS = [pytest.param(n, marks=pytest.mark.slow) if n in DIFFUSION_ZOO else n fo
 def test_the_zoo_holds_the_models_people_fine_tune():
     assert {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "gemma-2-9b", "phi-3-mini"} <= set(LLM_ZOO)
     assert {"sd15-unet", "sdxl-unet"} <= set(DIFFUSION_ZOO)
+    assert "flux1-dev" in FLUX_ZOO  # a DiT
+    assert set(LLM_ZOO + DIFFUSION_ZOO + FLUX_ZOO) == set(ZOO)
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -178,10 +181,10 @@ def test_a_pipeline_folder_names_the_case_and_a_newer_diffusers_key_is_dropped(t
     ({"cross_attention_dim": 1024}, r"cross_attention_dim = 1024 does not fit the sd15 pipeline this UNet plugs "
                                     r"into \(its text encoders and VAE give 768\); valid choices: an SD 1.5-style"),
     ({"in_channels": 9}, r"in_channels = 9 does not fit the sd15 pipeline .* give 4\)"),
-    ({"_class_name": "FluxTransformer2DModel"}, r"_class_name 'FluxTransformer2DModel' is not supported yet: .* "
-                                                r"valid choices: 'UNet2DConditionModel'"),
+    ({"_class_name": "SD3Transformer2DModel"}, r"_class_name 'SD3Transformer2DModel' is not supported yet: .* "
+                                               r"valid choices: 'UNet2DConditionModel', 'FluxTransformer2DModel'"),
     ({"_class_name": "AutoencoderKL"}, r"_class_name 'AutoencoderKL' is no model the suite trains; valid choices: "
-                                       r"'UNet2DConditionModel'"),
+                                       r"'UNet2DConditionModel' \(a diffusers UNet\), 'FluxTransformer2DModel'"),
 ])
 def test_a_diffusers_config_the_suite_cannot_train_is_one_clear_error(tmp_path, changes, message):
     path = unet_config(tmp_path, **changes)
@@ -205,3 +208,49 @@ def test_fit_takes_a_unet_config_and_prints_a_verdict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("my-sd-lora-r4-fp32-bs1-512px: FITS (fits) on 15.782 GiB (v100), simulated")
     assert "margin: " in out and "to spare" in out
+
+
+
+# -- a DiT: FLUX's transformer config (fixtures/diffusers_configs.py flux_config) ------------------
+def test_the_flux_zoo_config_is_the_validation_sets_flux_dev():
+    """FLUX.1-dev's published transformer config builds the model the validation set replays
+    (fixtures/models.py ``flux-dev``, checked against the FLUX QLoRA blog there): every
+    parameter's name and shape."""
+    ours, theirs = build_model("flux1-dev", "fp16", "meta"), build_model("flux-dev", "fp16", "meta")
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+
+
+def test_lora_on_flux_attention_trains_what_diffusers_flux_qlora_script_trains():
+    """flux-qlora.md: LoRA r4 on to_k/to_q/to_v/to_out.0 is "trainable params: 4,669,440"."""
+    from fixtures.adapters import apply_adapter
+
+    model = apply_adapter(build_model("flux1-dev", "fp16", "meta"), "flux", "lora", 4)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4_669_440
+
+
+def test_a_flux_transformer_folder_names_the_case_by_its_pipeline(tmp_path):
+    path = tmp_path / "FLUX.1-dev" / "transformer" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(dict(read_config(find_config("flux1-dev")), some_future_option=1)))
+    assert Case(str(path), "lora", "nf4-dq", rank=4, resolution=1024).id == "FLUX.1-dev-lora-r4-nf4-dq-bs1-1024px"
+    assert "some_future_option" not in get_model_spec(str(path)).config  # as diffusers' from_config drops it
+
+
+def test_flux_has_no_eager_attention_and_is_not_sharded_by_fsdp():
+    with pytest.raises(ValueError, match="attention 'eager' does not apply to 'flux1-dev' .*valid choices for it: sdpa"):
+        Case("flux1-dev", rank=4, attention="eager")
+    with pytest.raises(ValueError, match="strategy 'fsdp' cannot apply to 'flux1-dev' \\(flux\\)"):
+        Case("flux1-dev", rank=4, quantization="bf16", gpu="a100_80gb", ranks=2, strategy="fsdp")
+
+
+@pytest.mark.slow
+def test_fit_takes_flux_and_prints_a_verdict(capsys):
+    """The full-size FLUX.1-dev QLoRA case (the blog's r4 LoRA at 512 px, checkpointing, 8-bit
+    AdamW) on an RTX 4090, from the command line."""
+    from fixtures.fit import command
+
+    code = command(["flux1-dev", "--quantization", "nf4-dq", "--rank", "4", "--resolution", "512",
+                    "--checkpointing", "--optimizer", "adamw8bit", "--gpu", "rtx4090"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("flux1-dev-lora-r4-nf4-dq-gc-adamw8bit-bs1-512px: FITS (fits) on ")

@@ -224,6 +224,35 @@ def test_what_if_lists_each_switch_best_saving_first(capsys):
     assert code == 0 and "\nswitch " in out and "eager attention" in out
 
 
+
+@pytest.mark.parametrize("quantization, four_bit", [("bf16", ["nf4-dq-bf16"]), ("nf4-dq-bf16", [])])
+def test_what_if_under_fsdp_offers_only_switches_the_layout_takes(capsys, quantization, four_bit):
+    """Under FSDP2 the 4-bit switch is NF4 stored as bf16 (uint8-packed NF4 cannot be sharded: a
+    Case refuses it), bitsandbytes' 8-bit optimizers are not offered (they cannot step DTensors),
+    and CPU offload and reshard_after_forward are switches too."""
+    case = Case("llama-tiny", quantization=quantization, seq_len=64, gpu="a100_80gb", ranks=2, strategy="fsdp")
+    names = [name for name, _ in switches(case)]
+    assert [n for n in names if n.startswith("nf4")] == four_bit
+    assert {"cpu offload", "no reshard after forward"} <= set(names)
+    assert not [n for n in names if n.startswith("optimizer")]  # bitsandbytes' cannot step DTensors
+    variants = dict(switches(case))
+    assert variants["cpu offload"].cpu_offload and not variants["no reshard after forward"].reshard
+    assert all(v.layout == case.layout for n, v in variants.items() if n not in ("cpu offload", "no reshard after forward"))
+    if four_bit:
+        code, out, err = fit(capsys, "llama-tiny", "--quantization", quantization, "--seq-len", "64", "--gpu",
+                             "a100_80gb", "--ranks", "2", "--strategy", "fsdp", "--what-if")
+        assert (code, err) == (0, "") and "\nswitch " in out
+        assert all(f"  simulated: {n}\n" in out for n in names)
+
+
+def test_what_if_leaves_out_a_switch_the_case_cannot_take():
+    """FLUX has no eager attention; a trained text encoder is not checkpointed: those switches are
+    left out, every other is offered."""
+    flux = [name for name, _ in switches(Case("flux1-dev", rank=4))]
+    assert "eager attention" not in flux and {"checkpointing", "nf4-dq", "rank 2"} <= set(flux)
+    te = [name for name, _ in switches(Case("sd15", "lora", "fp32", rank=4, train_text_encoder=True))]
+    assert "checkpointing" not in te and "eager attention" in te
+
 def test_gpus_lists_every_profile(capsys):
     from pytest_vram.profiles import PROFILES
 
@@ -267,6 +296,8 @@ def test_a_probe_on_the_model_built_once_is_the_fresh_simulation_of_its_value():
      "rank 3 does not exist in a world of 3; valid choices: 0..2"),
     (["--ranks", "2", "--strategy", "ddp", "--cpu-offload"], "cpu_offload applies to strategy 'fsdp' only"),
     (["--ranks", "2", "--strategy", "ddp", "--no-reshard"], "reshard=False applies to strategy 'fsdp' only"),
+    (["--ranks", "2", "--strategy", "fsdp", "--optimizer", "adamw8bit"],
+     "strategy 'fsdp' with optimizer 'adamw8bit' cannot be"),
 ])
 def test_a_layout_that_cannot_be_exits_2_with_check_layouts_message(capsys, argv, message):
     code, out, err = fit(capsys, "llama-tiny", *argv)

@@ -34,3 +34,21 @@ def test_committed_rank_holds_fsdp2_padded_shard_of_the_frozen_base(case, ranks)
                  for p in model.parameters() if not p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     assert record["phases"]["step"]["breakdown"]["frozen_weights"] == frozen + buffers
+
+
+def test_the_suite_has_every_fsdp2_case_issue_18_lists():
+    """LLaMA-13B and a 70B-class model, LoRA and QLoRA, under FSDP2 on 2, 4 and 8 ranks, each also
+    without checkpointing and with CPU offload; DDP of the 7B QLoRA case; SDXL LoRA under DDP."""
+    from fixtures.multi_gpu import MULTI_GPU_CASES
+    from fixtures.quantization import get_quantization
+
+    for model in ("llama-13b", "llama-2-70b"):
+        for qlora in (False, True):
+            cases = [c for c in MULTI_GPU_CASES if c.model == model and c.strategy == "fsdp"
+                     and (get_quantization(c.quantization).bits == 4) == qlora]
+            label = f"{model} {'QLoRA' if qlora else 'LoRA'}"
+            assert {c.ranks for c in cases} >= {2, 4, 8}, label
+            assert {c.checkpointing for c in cases} == {False, True}, label
+            assert {c.cpu_offload for c in cases} == {False, True}, label
+    ids = {c.id for c in MULTI_GPU_CASES}
+    assert {"llama-7b-lora-r8-nf4-dq-gc-ddp2-bs1-seq512", "sdxl-lora-r4-fp16-autocast-ddp2-bs1-1024px"} <= ids

@@ -116,3 +116,26 @@ def test_simulated_offload_rank_equals_a_real_two_process_gloo_run_to_the_byte()
             assert figures.pop(peak) >= simulated.pop(peak)
         assert {k: figures[k] for k in places["device"]} == {k: places["device"][k] + places["host"][k]
                                                           for k in places["device"]}
+
+
+@pytest.mark.slow
+def test_offloaded_qlora_rank_equals_a_real_two_process_gloo_run_to_the_byte():
+    """FSDP+QLoRA with CPUOffloadPolicy (NF4 stored as bf16, LoRA on q/v, loaded from meta):
+    every rank's packed NF4 shards, LoRA shards, gradients and AdamW state of a real 2-process
+    gloo run equal the simulated rank's host + device bytes, and its QuantState bytes the
+    simulated rank's; in the simulated rank the packed shards and the LoRA state are on the host,
+    and only AdamW's ``step`` counters on the device (the QuantState is module metadata, not a
+    parameter: FSDP2 does not move it)."""
+    from test_fsdp_qlora import QLORA
+
+    real = run_ranks(2, "fsdp", "llama-tiny", **QLORA, from_meta=True, options={"cpu_offload": True})
+    for rank, figures in enumerate(real):
+        simulated, places, _ = offloaded_rank(2, rank, **QLORA)
+        for peak in ("setup_peak", "step_peak"):
+            assert figures.pop(peak) >= simulated.pop(peak)
+        assert {k: figures[k] for k in places["device"]} == {k: places["device"][k] + places["host"][k]
+                                                          for k in places["device"]}
+        assert figures["quant_state"] == simulated["quant_state"] > 0
+        assert places["host"]["frozen_params"] > 0 and places["host"]["trainable_params"] > 0
+        assert {k: v for k, v in places["device"].items() if k != "optimizer_state"} == \
+            {"trainable_params": 0, "frozen_params": 0, "gradients": 0}

@@ -20,10 +20,19 @@ from pytest_vram.sim.process_group import check_world
     (dict(ranks=2, strategy="fsdp", quantization="nf4-dq"),
      "strategy 'fsdp' with quantization 'nf4-dq' cannot be: FSDP2 would shard its bitsandbytes weight"),
     (dict(ranks=2, strategy="fsdp", quantization="int8"), "strategy 'fsdp' with quantization 'int8' cannot be"),
+    (dict(ranks=2, strategy="fsdp", optimizer="adamw8bit"),
+     "strategy 'fsdp' with optimizer 'adamw8bit' cannot be: bitsandbytes' 8-bit optimizers cannot step FSDP2's "
+     "DTensor parameters"),
+    (dict(ranks=4, strategy="fsdp", optimizer="paged-adamw8bit"), "strategy 'fsdp' with optimizer 'paged-adamw8bit'"),
 ])
 def test_a_layout_that_cannot_be_is_one_error(kwargs, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
         Case("llama-7b", "lora", **{"quantization": "fp16", **kwargs})
+
+
+def test_fsdp_with_an_8bit_optimizer_names_the_optimizer_it_takes():
+    with pytest.raises(ValueError, match=r"valid choices with 'fsdp': adamw$"):
+        Case("llama-7b", "lora", "bf16", gpu="a100_80gb", ranks=2, strategy="fsdp", optimizer="adamw8bit")
 
 
 def test_fsdp_cannot_apply_to_a_diffusion_pipeline():

@@ -30,6 +30,10 @@ Measures, reporting each figure's median (and all runs) and the ratios between t
 - ``fit_cold_start``: ``pytest-vram fit llama-7b --adapter lora --quantization nf4-dq
   --checkpointing`` as a user types it, wall from a cold start (a fresh process: imports, the
   model's build and the step; issue 17's target is <= 10 s);
+- ``fit_max_seq_len``: the same case with ``--max-seq-len`` (issue 17's target: <= 60 s), wall
+  from a cold start, with the probes it printed and its answer. What one probe learns is reused
+  by the next: the model is built once and each probe forks after the creation phase
+  (fixtures/solver.py ``Prober``), so a probe costs one step, not a build;
 - ``matrix`` (``--matrix``; minutes): the whole ``-m v100`` matrix serial and with ``-n 2``
   (pytest-xdist), each once, its records compared with results/sim-v100.json by
   ``pytest-vram compare`` (expect "no memory changes").
@@ -209,6 +213,30 @@ def fit_cold_start(runs: int) -> dict:
             "verdict": verdict.strip()}
 
 
+MAX_SEQ_LEN = ["fit", "llama-7b", "--adapter", "lora", "--quantization", "nf4-dq", "--checkpointing", "--max-seq-len"]
+
+
+def fit_search(args: list[str], runs: int) -> dict:
+    """``pytest-vram ARGS`` (a solver search) from a cold start: wall per run, the probes it
+    printed, the answer it gave."""
+    argv = [sys.executable, "-c", "import sys; from pytest_vram.cli import main; sys.exit(main())", *args]
+    walls = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True)
+        walls.append(time.perf_counter() - start)
+        if done.returncode not in (0, 1):  # 0: a value fits, 1: none does; both are answers
+            raise SystemExit(f"pytest-vram {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    lines = done.stdout.splitlines()
+    probes = [line.strip() for line in lines if line.lstrip().startswith("probe ")]
+    return {"command": "pytest-vram " + " ".join(args), **summary(walls), "probes": len(probes),
+            "probe_lines": probes, "answer": lines[-1].strip() if lines else ""}
+
+
+def fit_max_seq_len(runs: int) -> dict:
+    return {**fit_search(MAX_SEQ_LEN, runs), "target_s": 60}
+
+
 def matrix() -> dict:
     out = {}
     for name, extra in (("serial", []), ("xdist_n2", ["-n", "2"])):
@@ -227,13 +255,14 @@ def matrix() -> dict:
 
 
 SECTIONS = ["qlora_in_process", "cache_key", "qlora_process", "step_vs_memtracker", "accelerate_estimate",
-            "qlora_70b", "fit_cold_start", "matrix"]
+            "qlora_70b", "fit_cold_start", "fit_max_seq_len", "matrix"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="counted runs of each in-process figure")
     parser.add_argument("--process-runs", type=int, default=3, help="counted runs of the single-case process")
+    parser.add_argument("--search-runs", type=int, default=1, help="runs of the --max-seq-len search (~1 min each)")
     parser.add_argument("--memtracker-runs", type=int, default=1, help="runs under MemTracker (~30 s each)")
     parser.add_argument("--matrix", action="store_true", help="also time the whole -m v100 matrix (minutes)")
     parser.add_argument("-o", "--output", type=Path, help="write the JSON here (default: print it)")
@@ -253,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             "qlora_process": lambda: qlora_process(args.process_runs),
             "step_vs_memtracker": lambda: step_vs_memtracker(args.runs, args.memtracker_runs),
             "accelerate_estimate": lambda: accelerate_estimate(args.runs), "qlora_70b": qlora_70b,
-            "fit_cold_start": lambda: fit_cold_start(args.process_runs), "matrix": matrix}
+            "fit_cold_start": lambda: fit_cold_start(args.process_runs),
+            "fit_max_seq_len": lambda: fit_max_seq_len(args.search_runs), "matrix": matrix}
     for name in only:
         start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         result[name] = runs[name]()
