@@ -15,6 +15,9 @@ def test_buckets_are_sd_scripts_for_the_published_bucketing():
     order = bucket_order()
     assert sorted(order) == make_bucket_resolutions() and order != make_bucket_resolutions()
     assert bucket_order() == order and bucket_order(1) != order
+    three = bucket_order(passes=3)
+    assert three[:15] == order and all(sorted(three[i:i + 15]) == make_bucket_resolutions() for i in (15, 30))
+    assert three[15:30] != order
 
 
 def test_each_bucket_is_one_step_and_reserved_memory_only_grows():
@@ -35,8 +38,8 @@ def test_the_command_writes_its_order_and_each_rows_steps(tmp_path, monkeypatch)
     monkeypatch.setattr(buckets, "run", lambda anchor, order, factory: calls.append(anchor.id) or
                         [{"width": w, "height": h, "peak": 1, "reserved": 2} for w, h in order])
     out = tmp_path / "b.json"
-    assert main(["-o", str(out), "--seed", "5"]) == 0
+    assert main(["-o", str(out), "--seed", "5", "--passes", "2"]) == 0
     data = json.loads(out.read_text())
-    assert data["seed"] == 5 and [tuple(r) for r in data["order"]] == bucket_order(5)
+    assert data["seed"] == 5 and [tuple(r) for r in data["order"]] == bucket_order(5, passes=2)
     assert set(data["runs"]) == set(calls) and len(calls) == 3
-    assert all(r["max_reserved"] == 2 and len(r["steps"]) == 15 for r in data["runs"].values())
+    assert all(r["max_reserved"] == 2 and len(r["steps"]) == 30 for r in data["runs"].values())
