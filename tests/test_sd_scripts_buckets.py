@@ -37,9 +37,11 @@ def test_the_command_writes_its_order_and_each_rows_steps(tmp_path, monkeypatch)
     calls = []
     monkeypatch.setattr(buckets, "run", lambda anchor, order, factory: calls.append(anchor.id) or
                         [{"width": w, "height": h, "peak": 1, "reserved": 2} for w, h in order])
+    assert bucket_order(5, passes=2) != bucket_order(6, passes=2)
     out = tmp_path / "b.json"
-    assert main(["-o", str(out), "--seed", "5", "--passes", "2"]) == 0
+    assert main(["-o", str(out), "--seeds", "5", "6", "--passes", "2"]) == 0
     data = json.loads(out.read_text())
-    assert data["seed"] == 5 and [tuple(r) for r in data["order"]] == bucket_order(5, passes=2)
-    assert set(data["runs"]) == set(calls) and len(calls) == 3
-    assert all(r["max_reserved"] == 2 and len(r["steps"]) == 30 for r in data["runs"].values())
+    assert len(calls) == 6 and set(data["runs"]) == set(calls)
+    for run_ in data["runs"].values():
+        assert [o["seed"] for o in run_["orders"]] == [5, 6]
+        assert all(o["max_reserved"] == 2 and len(o["steps"]) == 30 for o in run_["orders"])
