@@ -289,7 +289,7 @@ def test_sd_scripts_recipe_trains_each_lycoris_algorithm_for_real(anchor):
 
 def test_sd_scripts_replay_keeps_its_published_setup():
     """train_network.py with mixed_precision bf16 (not full_bf16) and cache_latents: a bf16 UNet,
-    the fp32 text encoder as loaded, an fp32 network on both (network_train_unet_only = false), no
+    the fp32 text encoder as loaded (eager attention, transformers 4.30.2's), an fp32 network on both (network_train_unet_only = false), no
     VAE on the device; LyCORIS' 2023 attn-mlp preset for the one call, the library's own presets
     and network class state untouched afterwards."""
     import lycoris.kohya as kohya
@@ -303,6 +303,7 @@ def test_sd_scripts_replay_keeps_its_published_setup():
     assert {p.dtype for p in model.unet.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.text_encoder.parameters()} == {torch.float32}
     assert {p.dtype for p in model.network.parameters()} == {torch.float32}
+    assert model.text_encoder.config._attn_implementation == "eager"   # transformers 4.30.2's CLIP
     names = [m.lora_name for m in model.network.modules() if hasattr(m, "lora_name")]
     assert any(n.startswith("lora_te") for n in names) and any(n.startswith("lora_unet") for n in names)
     assert all("attn" in n or "mlp" in n or "ff_net" in n or "proj" in n for n in names)
