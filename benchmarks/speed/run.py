@@ -198,16 +198,22 @@ def qlora_70b() -> dict:
             "seconds_70b_over_7b": round(big["seconds"] / small["seconds"], 2)}
 
 
-def fit_cold_start(runs: int) -> dict:
-    args = ["fit", "llama-7b", "--adapter", "lora", "--quantization", "nf4-dq", "--checkpointing"]
+def _cli_runs(args: list[str], runs: int) -> tuple[list[float], subprocess.CompletedProcess]:
+    """``pytest-vram ARGS`` ``runs`` times from a cold start: the wall of each run and the last run."""
     argv = [sys.executable, "-c", "import sys; from pytest_vram.cli import main; sys.exit(main())", *args]
     walls = []
     for _ in range(runs):
         start = time.perf_counter()
         done = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True)
         walls.append(time.perf_counter() - start)
-        if done.returncode not in (0, 1):  # 0 fits, 1 does not: both are answers
+        if done.returncode not in (0, 1):  # 0: fits (a value fits), 1: does not (none does): both are answers
             raise SystemExit(f"pytest-vram {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return walls, done
+
+
+def fit_cold_start(runs: int) -> dict:
+    args = ["fit", "llama-7b", "--adapter", "lora", "--quantization", "nf4-dq", "--checkpointing"]
+    walls, done = _cli_runs(args, runs)
     verdict = next((line for line in done.stdout.splitlines() if "FIT" in line), "")
     return {"command": "pytest-vram " + " ".join(args), **summary(walls), "target_s": 10,
             "verdict": verdict.strip()}
@@ -219,14 +225,7 @@ MAX_SEQ_LEN = ["fit", "llama-7b", "--adapter", "lora", "--quantization", "nf4-dq
 def fit_search(args: list[str], runs: int) -> dict:
     """``pytest-vram ARGS`` (a solver search) from a cold start: wall per run, the probes it
     printed, the answer it gave."""
-    argv = [sys.executable, "-c", "import sys; from pytest_vram.cli import main; sys.exit(main())", *args]
-    walls = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        done = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True)
-        walls.append(time.perf_counter() - start)
-        if done.returncode not in (0, 1):  # 0: a value fits, 1: none does; both are answers
-            raise SystemExit(f"pytest-vram {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    walls, done = _cli_runs(args, runs)
     lines = done.stdout.splitlines()
     probes = [line.strip() for line in lines if line.lstrip().startswith("probe ")]
     return {"command": "pytest-vram " + " ".join(args), **summary(walls), "probes": len(probes),
