@@ -12,9 +12,9 @@ import types
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode, _BypassDispatchCache, _CacheKeyState
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, _BypassDispatchCache, _CacheKeyState
 
-from pytest_vram.sim.fake_mode import SimFakeTensorMode, fake_tensors
+from pytest_vram.sim.fake_mode import SimFakeTensorMode, fake_tensors, new_fake_tensor
 
 aten = torch.ops.aten
 
@@ -199,7 +199,8 @@ def test_unsafe_view_is_cached_as_the_view_torch_computes(index):
 def _described_fully(t, inputs):
     return (type(t), t.shape, t.stride(), t.storage_offset(), t.dtype, t.device, t.requires_grad, t.is_conj(),
             t.is_neg(), t.untyped_storage().nbytes(), torch._C._dispatch_key_set(t),
-            [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.untyped_storage() is t.untyped_storage()])
+            [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.untyped_storage() is t.untyped_storage()],
+            sorted(vars(t).items(), key=lambda item: item[0]))
 
 
 def test_a_cache_hit_makes_the_output_torchs_code_makes():
@@ -228,3 +229,20 @@ def test_a_cache_hit_makes_the_output_torchs_code_makes():
             checked.append(_described_fully(ours, args))
     assert len(checked) >= 11
     assert any(d[-1] for d in checked) and any(len(d[1]) == 4 for d in checked)  # views; channels-last
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_the_fast_constructor_makes_the_fake_tensor_torchs_makes(requires_grad):
+    """``new_fake_tensor`` against ``FakeTensor(mode, elem, device)``: the same class, dispatch
+    keys, device, metadata and instance attributes (memo slots, mode, constant...), and the same
+    behaviour afterwards (an op on it, its memos read back as None)."""
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    made = []
+    for make in (new_fake_tensor, FakeTensor):
+        elem = torch.empty_strided((3, 5), (1, 3), dtype=torch.bfloat16, device="meta", requires_grad=requires_grad)
+        made.append(make(mode, elem, torch.device("cpu")))
+    ours, torchs = made
+    assert _described_fully(ours, ()) == _described_fully(torchs, ())
+    assert ours.nonzero_memo is None and ours.item_memo is None and ours.nested_int_memo is None
+    with mode:
+        assert _described_fully(ours * 2, ()) == _described_fully(torchs * 2, ())

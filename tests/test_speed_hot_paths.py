@@ -2,6 +2,7 @@
 the same order as torch's pytree, a storage counted once while alive and again if a new one
 takes a dead one's id, and an allocator whose free lists always match its segments."""
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,54 @@ def test_device_queries_are_answered_above_the_fake_mode(monkeypatch):
         assert reached == [torch.ops.aten.neg.default]
     finally:
         backend.stop()
+
+
+def test_compile_is_deferred_to_the_first_call_with_the_same_options(monkeypatch):
+    """bitsandbytes' import-time ``torch.compile`` (both its forms) compiles nothing until the
+    kernel is first called, then compiles once, with the options given, and calls the result."""
+    from pytest_vram.sim.bitsandbytes import compile_on_first_call
+
+    compiled = []
+
+    def real_compile(fn, **options):
+        compiled.append((fn.__name__, options))
+        return lambda *args, **kwargs: ("compiled", fn(*args, **kwargs))
+
+    monkeypatch.setattr(torch, "compile", real_compile)
+    with compile_on_first_call():
+        def kernel(x, scale=1):
+            return x * scale
+
+        direct = torch.compile(kernel, dynamic=False)
+        decorated = torch.compile(dynamic=True)(kernel)
+    assert torch.compile is real_compile and compiled == []
+    assert direct(2, scale=3) == ("compiled", 6) and direct(1) == ("compiled", 1)
+    assert decorated(4) == ("compiled", 4)
+    assert compiled == [("kernel", {"dynamic": False}), ("kernel", {"dynamic": True})]
+    assert direct.__name__ == "kernel"
+
+
+def test_the_suite_starts_without_inductor():
+    """Importing the suite (and with it bitsandbytes) leaves torch.compile's compiler unimported:
+    bitsandbytes' CPU kernels are compiled at their first real call, which a simulation never makes."""
+    import subprocess
+    import sys
+
+    code = "import fixtures, sys; print('torch._inductor.compile_fx' in sys.modules, 'bitsandbytes' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_the_simulators_modes_run_without_the_dynamo_guard():
+    """The simulator's two dispatch modes opt out of torch's per-op ``_disable_dynamo`` wrapper
+    (nothing is compiled under them); the cpu/cuda backends' tracker keeps it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pytest_vram.sim.backend import _SimTracker
+    from pytest_vram.sim.fake_mode import SimFakeTensorMode
+
+    assert SimFakeTensorMode.__torch_dispatch__ is FakeTensorMode.__dict__["__torch_dispatch__"].__wrapped__
+    assert _SimTracker.__torch_dispatch__.__module__ == "pytest_vram.sim.backend"
+    assert not hasattr(_SimTracker.__dict__["__torch_dispatch__"], "__wrapped__")
+    assert hasattr(StorageTracker.__dict__["__torch_dispatch__"], "__wrapped__")  # torch's guard, kept

@@ -51,7 +51,7 @@ from .cuda_kernel_outputs import CUDA_OUTPUTS
 from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_code_map, fake_quantized_params
 from .cuda_composites import cuda_composites
-from .fake_mode import fake_tensors
+from .fake_mode import fake_tensors, no_dynamo_guard
 from .optimizers import target_implementations
 from .peft import host_module_dropout
 from .transformers import unpacked_sequences
@@ -79,6 +79,8 @@ class SimulatedOutOfMemoryError(torch.OutOfMemoryError):
 
 
 class _SimTracker(StorageTracker):
+    _should_skip_dynamo = classmethod(no_dynamo_guard)
+
     def __init__(self, backend: "SimBackend"):
         super().__init__(on_alloc=backend._alloc, on_free=backend._free)
         self._backend = backend

@@ -35,6 +35,10 @@ have: the simulator keeps the CPU path for 8-bit training.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import sys
+from types import ModuleType
 from typing import Iterator
 
 import torch
@@ -47,6 +51,52 @@ _ATTRIBUTES = {
                    "quant_storage": torch.uint8, "module": None, "bnb_quantized": False},
     "Int8Params": {"CB": None, "SCB": None, "has_fp16_weights": False},
 }
+
+
+def import_bitsandbytes() -> ModuleType:
+    """Import bitsandbytes with the ``torch.compile`` of its CPU kernels deferred to their first call.
+
+    bitsandbytes 0.49 compiles four of its default (CPU) kernels when it is imported
+    (backends/default/ops.py, ``_try_torch_compile``: ``compiled_fn = torch.compile(fn)`` at
+    decoration time, the call falling back to ``fn`` if the compiled one raises). ``torch.compile``
+    imports dynamo and inductor (about 1.4 s of a 2-core machine's start-up, more than all of
+    torch). The simulator never calls those kernels (their fake kernels run instead), so the
+    compile is made where the decorator would first use it: at the kernel's first real call, with
+    the same arguments (:func:`compile_on_first_call`). What the kernels compute, and the
+    fallback, are bitsandbytes' own. A bitsandbytes already imported is returned as it is.
+    """
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"]
+    with compile_on_first_call():
+        return importlib.import_module("bitsandbytes")
+
+
+@contextlib.contextmanager
+def compile_on_first_call() -> Iterator[None]:
+    """Within it, ``torch.compile(fn, **options)`` (or its decorator form) returns ``fn``'s
+    wrapper that calls the real ``torch.compile(fn, **options)`` at its first call and the
+    compiled function from then on."""
+    real_compile = torch.compile
+
+    def deferred(model=None, **options):
+        if model is None:
+            return functools.partial(deferred, **options)
+        compiled = None
+
+        @functools.wraps(model)
+        def first_call(*args, **kwargs):
+            nonlocal compiled
+            if compiled is None:
+                compiled = real_compile(model, **options)
+            return compiled(*args, **kwargs)
+
+        return first_call
+
+    torch.compile = deferred
+    try:
+        yield
+    finally:
+        torch.compile = real_compile
 
 
 def build_code_maps() -> None:

@@ -74,11 +74,32 @@ def _pure_custom(func) -> bool:
     return getattr(func, "_name", None) in PURE_CUSTOM_OPS and getattr(func, "_overloadname", None) == "default"
 
 
+def no_dynamo_guard(cls) -> bool:
+    """``TorchDispatchMode._should_skip_dynamo`` answered False, for the simulator's modes.
+
+    torch wraps every TorchDispatchMode subclass's ``__torch_dispatch__`` in
+    ``torch._disable_dynamo(..., recursive=True)`` (torch/utils/_python_dispatch.py
+    ``__init_subclass__``) so that a ``torch.compile`` in progress does not trace into the mode's
+    frames; the wrapper swaps the frame evaluation callback twice per call (torch/_dynamo/
+    eval_frame.py ``DisableContext.__call__._fn``), for every op that reaches the mode, about 6%
+    of a simulated step. Nothing is compiled under the simulator (its fake tensors are not traced
+    by dynamo), so its modes opt out through the hook torch gives for it (``_should_skip_dynamo``,
+    whose docstring shows a mode returning False); the cpu and cuda backends' tracker keeps torch's
+    guard."""
+    return False
+
+
 _UNSAFE_VIEW = torch.ops.aten._unsafe_view.default
 _VIEW = torch.ops.aten.view.default
 
 
 class SimFakeTensorMode(FakeTensorMode):
+    _should_skip_dynamo = classmethod(no_dynamo_guard)
+
+    # FakeTensorMode's own ``__torch_dispatch__`` without the ``torch._disable_dynamo`` wrapper
+    # that TorchDispatchMode.__init_subclass__ put around it
+    __torch_dispatch__ = FakeTensorMode.__dict__["__torch_dispatch__"].__wrapped__
+
     def dispatch(self, func, types, args=(), kwargs=None):
         """torch's ``FakeTensorMode.dispatch`` when it would do more than look up the cache
         (debug logging, the ops it answers itself, the cache off); else that lookup."""
@@ -112,7 +133,7 @@ class SimFakeTensorMode(FakeTensorMode):
                         empty.set_(view.untyped_storage(), metadata.storage_offset, metadata.shape, metadata.stride)
                 finally:
                     self.in_kernel_invocation = previous
-        return FakeTensor(self, empty, metadata.device)
+        return new_fake_tensor(self, empty, metadata.device)
 
     def _cached_dispatch_impl(self, func, types, args, kwargs):
         """torch's, with ``aten._unsafe_view`` dispatched as the ``aten.view`` it is under a
@@ -166,6 +187,38 @@ class SimFakeTensorMode(FakeTensorMode):
                 start = len(result)
                 super()._prep_args_for_hash(result, (arg,), state, id_hashed_objects)
                 del result[start:start + 2]  # the 1-tuple's (tuple, "length_1") markers
+
+
+# what FakeTensor.__new__'s ``self.nonzero_memo = None`` ... ``self.nested_int_memo = None`` store:
+# SymNumberMemoDescriptor.__set__(obj, None) sets ``_<name>``, ``_<name>_vc``, ``_<name>_epoch`` to None
+_MEMOS_CLEARED = {f"_{name}{suffix}": None
+                  for name, attr in vars(FakeTensor).items() if isinstance(attr, fake_tensor.SymNumberMemoDescriptor)
+                  for suffix in ("", "_vc", "_epoch")}
+
+
+def new_fake_tensor(mode: FakeTensorMode, elem: torch.Tensor, device: torch.device) -> FakeTensor:
+    """``FakeTensor(mode, elem, device)`` for a meta ``elem`` and a non-meta device, as
+    torch/_subclasses/fake_tensor.py ``FakeTensor.__new__`` makes it: ``Tensor._make_subclass``
+    with the fake device's dispatch keys, the mutable-data-pointer flag, then the same instance
+    attributes (the device normalized once, the five memo descriptors' slots None), written into
+    the instance's dict at once instead of through the descriptors (15 ``setattr`` calls per
+    tensor). Anything else (torch's debug traces, a meta device) takes torch's constructor.
+    ``tests/test_speed_fake_mode.py`` compares the two tensors attribute by attribute."""
+    device = FakeTensor._normalize_fake_device(device)
+    if fake_tensor.FakeTensorConfig.debug or device.type == "meta" or elem.device.type != "meta":
+        return FakeTensor(mode, elem, device)
+    t = torch.Tensor._make_subclass(FakeTensor, elem, elem.requires_grad, dispatch_device=True,
+                                    device_for_backend_keys=device)
+    if not mode._allow_unsafe_data_ptr_access:
+        _C._set_throw_on_mutable_data_ptr(t)
+    else:
+        _C._set_warn_deprecated_on_mutable_data_ptr(t)
+    attributes = t.__dict__
+    attributes["_fake_device"] = device
+    attributes["fake_mode"] = mode
+    attributes["constant"] = attributes["pytype"] = attributes["dispatch_keys"] = attributes["real_tensor"] = None
+    attributes.update(_MEMOS_CLEARED)
+    return t
 
 
 def _flatten_plain_fake(result: list, t: FakeTensor) -> None:
