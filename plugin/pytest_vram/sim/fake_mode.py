@@ -9,12 +9,15 @@ and flattening that field by field (``dataclasses.fields``, a recursive call per
 stride, three ``is_sparse_any`` checks).
 
 :class:`SimFakeTensorMode` appends, for a plain strided FakeTensor of this mode with concrete
-sizes, exactly the values ``extract_tensor_metadata(t)._flatten_into`` appends, in the same
-order, read straight off the tensor; every other argument (symbolic sizes, sparse layouts,
-constants, foreign tensors, containers, functions) takes torch's own code, so a key is
-element for element the key torch would build (``tests/test_speed_fake_mode.py`` compares
-them), and the class-wide cache is shared with plain FakeTensorModes without any risk of a
-wrong hit. Nothing about what the op returns changes: only how fast its key is spelled.
+sizes, the values ``extract_tensor_metadata(t)._flatten_into`` appends, in the same order, read
+straight off the tensor and held in one tuple marked as this class's (instead of some twenty
+elements: ``(int, size)`` per dimension); every other argument (symbolic sizes, sparse layouts,
+constants, foreign tensors, containers, functions) takes torch's own code. A key is therefore
+torch's key with each plain tensor's run of elements re-spelled one to one
+(``tests/test_speed_fake_mode.py`` expands the tuples back and compares the keys element for
+element): two calls share a key exactly when torch would give them one. The marker keeps these
+keys apart from a plain FakeTensorMode's in the class-wide cache, so neither ever meets the
+other's entries. Nothing about what the op returns changes: only how fast its key is spelled.
 
 torch also refuses to cache any op outside aten/prim (``_validate_cache_key``: "non-builtin"),
 since a custom op's fake kernel may do anything. bitsandbytes' 4-bit and blockwise kernels
@@ -222,31 +225,23 @@ def new_fake_tensor(mode: FakeTensorMode, elem: torch.Tensor, device: torch.devi
 
 
 def _flatten_plain_fake(result: list, t: FakeTensor) -> None:
-    """What ``extract_tensor_metadata(t)._flatten_into(result, ...)`` appends for a strided,
-    non-sparse tensor with concrete sizes: the ``TensorMetadata`` fields in declaration order;
-    a shape or stride as its type, ``length_N`` and ``(int, value)`` per element (what
-    ``_prep_args_for_hash`` makes of a tuple of ints); the other fields as they are."""
+    """One tuple holding what ``extract_tensor_metadata(t)._flatten_into(result, ...)`` appends
+    for a strided, non-sparse tensor with concrete sizes, in the same order: the
+    ``TensorMetadata`` fields that vary (dtype, shape, stride, device, memory format, storage
+    offset, storage bytes, requires_grad, is_quantized, is_conj, is_neg, is_inference), led by
+    this class as a marker; the fields torch spells as constants for such a tensor (strided
+    layout, not sparse, no dense/sparse dims, no values) are left out. torch spells each shape
+    and stride element as ``(int, value)`` and never appends a tuple as one element (it walks
+    tuples), so the marked tuple is a one-to-one re-spelling of torch's run of elements:
+    ``tests/test_speed_fake_mode.py`` expands it back and compares the result with torch's key."""
     shape = t.shape
-    stride = t.stride()
     # suggest_memory_format answers contiguous_format for any strided tensor of another rank
     memory_format = suggest_memory_format(t) if len(shape) in (4, 5) else _CONTIGUOUS
     if not t.is_contiguous(memory_format=memory_format):
         memory_format = None
-    append = result.append
-    append(t.dtype)
-    append(torch.Size)
-    append(f"length_{len(shape)}")
-    for size in shape:
-        append(int)
-        append(size)
-    append(tuple)
-    append(f"length_{len(stride)}")
-    for step in stride:
-        append(int)
-        append(step)
-    result.extend((t.device, _STRIDED, memory_format, t.storage_offset(), t.untyped_storage().nbytes(),
-                   t.requires_grad, t.is_quantized, t.is_conj(), t.is_neg(), t.is_inference(), False,
-                   None, None, None))
+    result.append((SimFakeTensorMode, t.dtype, shape, t.stride(), t.device, memory_format, t.storage_offset(),
+                   t.untyped_storage().nbytes(), t.requires_grad, t.is_quantized, t.is_conj(), t.is_neg(),
+                   t.is_inference()))
 
 
 @contextlib.contextmanager
