@@ -33,6 +33,14 @@ def test_an_unknown_case_field_names_it_and_the_fields():
     assert "'quantisation'" in str(raised.value) and "quantization" in str(raised.value)
 
 
+def test_an_unknown_commit_names_it_before_anything_runs(tmp_path):
+    commits = load("commits")
+    with pytest.raises(SystemExit) as raised:
+        commits.main(["HEAD", "no-such-commit-xyz", "-o", str(tmp_path / "out.json")])
+    assert "'no-such-commit-xyz'" in str(raised.value) and "a commit of this repository" in str(raised.value)
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.slow
 def test_a_search_is_timed_with_its_probes_and_answer():
     """The fit_max_seq_len section's runner, on the tiny model: a fresh process, ~13 probes."""

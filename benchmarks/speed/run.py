@@ -59,6 +59,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(REPO), str(REPO / "plugin")]
 
+from pytest_vram.history import write_json_atomic  # noqa: E402
+
 QLORA = "llama-7b-lora-r8-nf4-dq-gc-bs1-seq512"
 LORA_FP16 = "llama-7b-lora-r8-fp16-bs1-seq512"
 UNLIMITED = 1 << 50  # bytes: no simulated OOM
@@ -290,10 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "load_average": [round(x, 2) for x in os.getloadavg()]}
     if "qlora_in_process" in result and "qlora_process" in result:
         result["process_over_in_process"] = ratio(result["qlora_process"], result["qlora_in_process"])
-    text = json.dumps(result, indent=2) + "\n"
-    if args.output:
-        args.output.write_text(text)
-    print(text, end="")
+    if args.output:  # through a temporary file and a rename: never half-written
+        write_json_atomic(args.output, result)
+    print(json.dumps(result, indent=2))
     return 0
 
 
