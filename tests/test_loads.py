@@ -1,7 +1,8 @@
 """How the frozen weights reach the GPU (``Case.load``, fixtures/loads.py): bitsandbytes 0.41's
-quantization on ``.cuda()`` (a 2023 ``load_in_8bit``/``load_in_4bit``) against arithmetic on its
-source's allocations, its tiny twins run for real on CPU with the simulator giving the same bytes,
-and the option as the cases file, ``pytest-vram fit`` and the records spell it."""
+quantization on ``.cuda()`` (a 2023 ``load_in_8bit``/``load_in_4bit``) and an fp32 load cast with
+``.half()`` against arithmetic on their sources' allocations, their tiny twins run for real on CPU
+with the simulator giving the same bytes, and the option as the cases file, ``pytest-vram fit`` and
+the records spell it."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +14,7 @@ from torch import nn
 
 from fixtures.cases import Case
 from fixtures.loads import materializer
+from fixtures.models import build_model
 from fixtures.quantization import get_quantization
 from pytest_vram.backends import CpuBackend
 from pytest_vram.profiles import get_profile
@@ -68,9 +70,31 @@ def test_4bit_on_cuda_holds_the_fp16_weight_beside_the_packed_codes(quantization
     assert direct_live - live == (1024 if quantization == "nf4-dq" else 0)
 
 
-@pytest.mark.parametrize("quantization", ["int8", "nf4-dq"])
-def test_tiny_twin_loaded_as_in_2023_trains_for_real_and_the_simulator_agrees(quantization):
-    case = Case("llama-7b", "lora", quantization, load="bnb-0.41").tiny_twin()
+def test_cuda_half_holds_the_fp32_model_then_frees_each_weight_as_its_fp16_copy_is_made():
+    """Module.half's _apply: parameters in its order, each fp16 copy made before the fp32 weight
+    it replaces (param.data = ...) is freed; then the floating buffers; other buffers untouched."""
+    backend = SimBackend(V100, gpu_models=False)
+    backend.start()
+    try:
+        model = build_model("llama-tiny", "fp16", "cpu", load="cuda-half")
+        peak, live = backend.tracker.peak_bytes, backend.tracker.live_bytes
+    finally:
+        backend.stop()
+    sizes = [p.numel() for p in model.parameters()]
+    floats = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    others = sum(b.numel() * b.element_size() for b in model.buffers() if not b.is_floating_point())
+    fp32 = 4 * sum(sizes) + 4 * floats + others
+    assert peak == max(fp32 - 2 * sum(sizes[:j]) + 2 * k for j, k in enumerate(sizes))
+    assert live == 2 * sum(sizes) + 2 * floats + others
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+
+
+@pytest.mark.parametrize("case", [
+    Case("llama-7b", "lora", "int8", load="bnb-0.41"), Case("llama-7b", "lora", "nf4-dq", load="bnb-0.41"),
+    Case("llama-7b", "lora", "fp16", load="cuda-half"), Case("sd15", "lora", "fp16", rank=4, autocast=True,
+                                                             load="cuda-half")], ids=str)
+def test_tiny_twin_loaded_so_trains_for_real_and_the_simulator_agrees(case):
+    case = case.tiny_twin()
     loss, real = measure(CpuBackend(V100), case)
     _, sim = measure(SimBackend(V100, gpu_models=False), case)
     assert torch.isfinite(loss) and sim == real
@@ -90,11 +114,13 @@ def test_the_default_is_left_out_of_the_id_and_the_record():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"load": "bnb"}, r"unknown load 'bnb'; valid choices: direct, bnb-0.41"),
+    ({"load": "bnb"}, r"unknown load 'bnb'; valid choices: direct, bnb-0.41, cuda-half"),
     ({"quantization": "fp16"}, (r"load 'bnb-0.41' quantizes with bitsandbytes 0.41; with quantization 'fp16' it "
                                 r"cannot apply; valid choices with it: quantization int8, nf4, nf4-dq")),
     ({"quantization": "nf4-dq-bf16", "strategy": "fsdp", "ranks": 2},
      r"with quantization 'nf4-dq-bf16' it cannot apply"),
+    ({"load": "cuda-half"}, (r"load 'cuda-half' casts an fp32 load with .half\(\); with quantization 'int8' it "
+                             r"cannot apply; valid choices with it: quantization fp16")),
 ])
 def test_a_load_that_cannot_be_is_one_error_naming_the_choices(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -108,5 +134,6 @@ def test_the_fit_flag_and_the_cases_file_key_make_the_same_case():
     flags = case_from(parser().parse_args(["llama-7b", "--quantization", "int8", "--load", "bnb-0.41"]))
     row = parse_case({"model": "llama-7b", "quantization": "int8", "load": "bnb-0.41"}, "cases.toml: case 1")
     assert flags == row and flags.load == "bnb-0.41"
-    with pytest.raises(ValueError, match=r"cases.toml: case 1: unknown load 'fp32'; valid choices: direct, bnb-0.41"):
+    with pytest.raises(ValueError, match=r"cases.toml: case 1: unknown load 'fp32'; valid choices: direct, "
+                                         r"bnb-0.41, cuda-half"):
         parse_case({"model": "llama-7b", "quantization": "int8", "load": "fp32"}, "cases.toml: case 1")
