@@ -26,7 +26,8 @@ def text_lora_params(model: str, rank: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, quantization, autocast", [("sd15", "fp32", False), ("sd15", "fp16", True),
-                                                           ("sd15", "nf4-dq", False)])
+                                                           ("sd15", "nf4-dq", False), ("sdxl", "fp32", False),
+                                                           ("sdxl", "fp16", True)])
 def test_tiny_twin_with_its_text_encoders_trained_runs_for_real_and_the_simulator_agrees(model, quantization,
                                                                                            autocast):
     case = Case(model, "lora", quantization, rank=4, autocast=autocast, train_text_encoder=True).tiny_twin()
@@ -45,10 +46,9 @@ def test_the_case_id_says_it():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"model": "llama-7b"}, r"train_text_encoder cannot apply with model 'llama-7b' \(llm\); valid choices: an "
-                            r"SD 1.5-style diffusion model"),
-    ({"model": "sdxl"}, r"train_text_encoder cannot apply with model 'sdxl' \(diffusion\); valid choices: an "
-                        r"SD 1.5-style diffusion model"),
+    ({"model": "llama-7b"}, r"train_text_encoder cannot apply with model 'llama-7b' \(llm\); valid choices: a "
+                            r"UNet diffusion model with CLIP text encoders \(sd15, sdxl"),
+    ({"model": "flux1-dev"}, r"train_text_encoder cannot apply with model 'flux1-dev' \(flux\)"),
     ({"adapter": "lycoris-lokr"}, r"train_text_encoder cannot apply with adapter 'lycoris-lokr'; valid choices: a "
                                   r"peft adapter: lora, dora, loha, lokr, locon"),
     ({"checkpointing": True}, r"train_text_encoder cannot apply with checkpointing True; valid choices: "

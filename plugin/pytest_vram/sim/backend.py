@@ -55,6 +55,7 @@ from .fake_mode import fake_tensors, no_dynamo_guard
 from .optimizers import target_implementations
 from .peft import host_module_dropout
 from .transformers import unpacked_sequences
+from .eager_strides import eager_strides
 from .value_reads import call_with_host_values
 
 PRIM_DEVICE = torch.ops.prim.device.default
@@ -133,6 +134,7 @@ class SimBackend:
         self._stack.enter_context(fake_quantized_params())
         self._stack.enter_context(host_module_dropout())
         self._stack.enter_context(unpacked_sequences())
+        self._stack.enter_context(eager_strides())
         mode = self._stack.enter_context(fake_tensors())
         self._stack.enter_context(fake_code_map(mode))
         self._stack.enter_context(self.tracker)
