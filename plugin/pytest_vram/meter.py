@@ -110,6 +110,11 @@ class Meter:
             raise PhaseOOM(oom)
         self.phases[name] = self._backend.end_phase(name, oom=False)
 
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()`` where a training script calls it: the caching allocator's
+        unused cached blocks go back to the device (the simulator's allocator model likewise)."""
+        self._backend.release()
+
     def parallel(self, ranks: int, strategy: str, rank: int = 0) -> None:
         """Say that this test measures one rank (``rank``) of a ``ranks``-GPU job run with
         ``strategy`` (e.g. "fsdp", "ddp"): the record carries the three. The budget stays what
