@@ -117,3 +117,25 @@ def test_fsdp1_is_a_strategy_of_llm_cases_only():
         Case("llama-7b", "lora", "nf4-dq", ranks=2, strategy="fsdp1")
     with pytest.raises(ValueError, match="unknown strategy 'fsdp3'; valid choices: none, fsdp, fsdp1, ddp"):
         Case("llama-7b", "lora", "bf16", ranks=2, strategy="fsdp3")
+
+
+def test_the_trainable_parameter_count_is_the_models_not_the_ranks_shard():
+    """``vram.track`` counts what the model trains: a FlatParameter stands for every parameter it
+    flattens (its unsharded, unpadded size), not for this rank's shard of them, as a DTensor's
+    global size does under FSDP2."""
+    from pytest_vram.meter import Meter
+
+    backend = SimBackend(None, gpu_models=False)
+    with fake_process_group(2, 0):
+        backend.start()
+        try:
+            model = apply_adapter(build_model("llama-tiny", "fp32", "meta"), "llm", "lora", 8,
+                                  autocast_adapter_dtype=False)
+            expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            model = apply_fsdp1(model, "cpu", checkpointing=False)
+            meter = Meter(backend, None, None)
+            meter.track(model)
+        finally:
+            backend.stop()
+    assert meter.trainable_params == expected == 4 * 2 * 8 * 64
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected // 2

@@ -137,7 +137,7 @@ class Meter:
             self.trainable_params = 0
             for param in model.parameters():
                 if param.requires_grad:
-                    self.trainable_params += param.numel()
+                    self.trainable_params += _model_numel(param)
                     tracker.label(param, "trainable_params")
                     param.register_post_accumulate_grad_hook(lambda p: tracker.label(p.grad, "gradients"))
                 else:
@@ -181,6 +181,15 @@ class Meter:
     @property
     def status(self) -> str:
         return budget_rule.status(self.oom_phase, self.peak_total, self.budget)
+
+
+def _model_numel(param: torch.Tensor) -> int:
+    """How many of the model's parameters ``param`` stands for: its own elements, or for FSDP1's
+    FlatParameter (a rank's shard of one unit's parameters flattened together,
+    torch/distributed/fsdp/_flat_param.py) those of every parameter it flattens
+    (``_unpadded_unsharded_size``), as FSDP2's DTensor ``numel()`` is the global size."""
+    size = getattr(param, "_unpadded_unsharded_size", None)
+    return size.numel() if isinstance(size, torch.Size) else param.numel()
 
 
 def _frozen_category(param: torch.Tensor) -> str:
