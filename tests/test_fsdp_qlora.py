@@ -140,7 +140,7 @@ def test_the_multi_gpu_anchor_states_the_case_it_replays():
         assert (case.gpu, case.model, case.checkpointing) == (anchor.gpu, anchor.model, anchor.checkpointing)
         assert (case.rank, case.targets.split(",")) == (anchor.adapter["r"], anchor.adapter["target_modules"])
         assert (case.batch_size, case.seq_len) == (anchor.recipe_args["batch_size"], anchor.recipe_args["seq_len"])
-        assert (case.ranks, case.strategy) == (2, "fsdp")
+        assert (case.ranks, case.strategy) == (2, "fsdp1")   # train.py's FullyShardedDataParallel
 
 
 def test_the_meter_counts_a_sharded_4bit_weight_and_its_quant_state_as_quantized_weights():
