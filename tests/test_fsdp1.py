@@ -139,3 +139,30 @@ def test_the_trainable_parameter_count_is_the_models_not_the_ranks_shard():
             backend.stop()
     assert meter.trainable_params == expected == 4 * 2 * 8 * 64
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected // 2
+
+
+def test_transformers_437_llama_carries_per_layer_rotary_caches_whole_on_every_fsdp1_rank():
+    """Under ``llama_437`` every decoder layer's attention holds 4.37.2's ``inv_freq``, ``cos_cached``
+    and ``sin_cached`` ([positions, head_dim], fp32 as train.py builds them): on an FSDP1 rank
+    they are buffers, not sharded, so the rank holds all of them on top of its shards; outside
+    the context today's LLaMA has none."""
+    from fixtures.transformers_2024 import llama_437, rotary_cache_bytes
+
+    with llama_437(512, torch.float32):
+        model = build_model("llama-tiny", "fp32", "meta")
+    layers = model.model.layers
+    assert all(layer.self_attn.rotary_emb.cos_cached.shape == (512, 16) for layer in layers)
+    assert sum(b.numel() * b.element_size() for layer in layers for b in layer.buffers()) \
+        == len(layers) * rotary_cache_bytes(16, 512) == 2 * (4 * 8 + 2 * 512 * 16 * 4)
+    assert not hasattr(build_model("llama-tiny", "fp32", "meta").model.layers[0].self_attn, "rotary_emb")
+    plain = run_rank(True, steps=0)
+    with llama_437(512, torch.float32):
+        with_caches = run_rank(True, steps=0)
+    assert with_caches["wrapped"][0] - plain["wrapped"][0] == len(layers) * rotary_cache_bytes(16, 512)
+    with pytest.raises(ValueError, match="rope_type 'linear'; valid choices: 'default'"):
+        from transformers.models.llama import modeling_llama
+
+        config = model.config
+        config.rope_scaling = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+        with llama_437():
+            modeling_llama.LlamaAttention(config, 0)

@@ -132,8 +132,9 @@ def test_the_multi_gpu_anchor_states_the_case_it_replays():
     """The anchor's fields (shown on docs/accuracy.md) and the case that replays it say the same
     setup: GPU, LoRA rank and targets, batch, sequence length, checkpointing, 2 ranks."""
     from fixtures.anchors import get_anchor
-    from fixtures.multi_gpu import ANCHOR_CASES
+    from fixtures.multi_gpu import ANCHOR_CASES, ANCHOR_LIBRARIES
 
+    assert set(ANCHOR_LIBRARIES) <= set(ANCHOR_CASES)
     for anchor_id, case in ANCHOR_CASES.items():
         anchor = get_anchor(anchor_id)
         assert anchor.recipe == "multi_gpu_case" and anchor.replayed
