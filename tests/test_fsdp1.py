@@ -110,7 +110,9 @@ def test_a_fake_tensor_has_a_data_pointer_of_its_own_under_the_simulator():
 def test_fsdp1_is_a_strategy_of_llm_cases_only():
     """One clear error for what FSDP1 cannot shard: decoder layers of LLMs only, and a 4-bit
     weight only packed into a float storage (FSDP1 flattens a unit's tensors into one dtype)."""
-    assert Case("llama-7b", "lora", "nf4-dq-bf16", ranks=2, strategy="fsdp1", gpu="rtx3090").layout.strategy == "fsdp1"
+    case = Case("llama-7b", "lora", "nf4-dq-bf16", ranks=2, strategy="fsdp1", gpu="rtx3090")
+    assert case.layout.strategy == "fsdp1" and "-fsdp1x2-" in case.id   # not "fsdp12": 12 ranks of FSDP2
+    assert "-fsdp2-" in Case("llama-7b", "lora", "bf16", ranks=2, strategy="fsdp").id
     with pytest.raises(ValueError, match="strategy 'fsdp1' cannot apply to 'sd15'"):
         Case("sd15", "lora", "fp16", ranks=2, strategy="fsdp1")
     with pytest.raises(ValueError, match="strategy 'fsdp1' with quantization 'nf4-dq' cannot be"):
