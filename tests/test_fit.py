@@ -288,8 +288,8 @@ def test_a_probe_on_the_model_built_once_is_the_fresh_simulation_of_its_value():
 # -- the parallel layout: --ranks, --strategy, --cpu-offload, --no-reshard, --measured-rank ----------
 
 @pytest.mark.parametrize("argv, message", [
-    (["--ranks", "4", "--strategy", "fsd"], "unknown strategy 'fsd'; valid choices: none, fsdp, ddp"),
-    (["--ranks", "4"], "ranks=4 needs a strategy to spread the case over them; valid choices: fsdp, ddp"),
+    (["--ranks", "4", "--strategy", "fsd"], "unknown strategy 'fsd'; valid choices: none, fsdp, fsdp1, ddp"),
+    (["--ranks", "4"], "ranks=4 needs a strategy to spread the case over them; valid choices: fsdp, fsdp1, ddp"),
     (["--ranks", "0", "--strategy", "fsdp"], "ranks 0 is not a positive whole number"),
     (["--strategy", "fsdp"], "strategy 'fsdp' with ranks=1: a parallel strategy needs at least 2 ranks"),
     (["--ranks", "3", "--strategy", "ddp", "--measured-rank", "3"],

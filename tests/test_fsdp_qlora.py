@@ -132,15 +132,16 @@ def test_the_multi_gpu_anchor_states_the_case_it_replays():
     """The anchor's fields (shown on docs/accuracy.md) and the case that replays it say the same
     setup: GPU, LoRA rank and targets, batch, sequence length, checkpointing, 2 ranks."""
     from fixtures.anchors import get_anchor
-    from fixtures.multi_gpu import ANCHOR_CASES
+    from fixtures.multi_gpu import ANCHOR_CASES, ANCHOR_LIBRARIES
 
+    assert set(ANCHOR_LIBRARIES) <= set(ANCHOR_CASES)
     for anchor_id, case in ANCHOR_CASES.items():
         anchor = get_anchor(anchor_id)
         assert anchor.recipe == "multi_gpu_case" and anchor.replayed
         assert (case.gpu, case.model, case.checkpointing) == (anchor.gpu, anchor.model, anchor.checkpointing)
         assert (case.rank, case.targets.split(",")) == (anchor.adapter["r"], anchor.adapter["target_modules"])
         assert (case.batch_size, case.seq_len) == (anchor.recipe_args["batch_size"], anchor.recipe_args["seq_len"])
-        assert (case.ranks, case.strategy) == (2, "fsdp")
+        assert (case.ranks, case.strategy) == (2, "fsdp1")   # train.py's FullyShardedDataParallel
 
 
 def test_the_meter_counts_a_sharded_4bit_weight_and_its_quant_state_as_quantized_weights():

@@ -121,6 +121,9 @@ def test_the_default_is_left_out_of_the_id_and_the_record():
      r"with quantization 'nf4-dq-bf16' it cannot apply"),
     ({"load": "cuda-half"}, (r"load 'cuda-half' casts an fp32 load with .half\(\); with quantization 'int8' it "
                              r"cannot apply; valid choices with it: quantization fp16")),
+    ({"load": "cuda-half", "quantization": "fp16", "strategy": "fsdp1", "ranks": 2},
+     r"load 'cuda-half' places whole weights on one GPU; with strategy 'fsdp1' \(sharded loading\) it cannot "
+     r"apply; valid choices with it: load 'direct'"),
 ])
 def test_a_load_that_cannot_be_is_one_error_naming_the_choices(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -10,10 +10,10 @@ from pytest_vram.sim.process_group import check_world
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(ranks=4, strategy="zero3"), "unknown strategy 'zero3'; valid choices: none, fsdp, ddp"),
+    (dict(ranks=4, strategy="zero3"), "unknown strategy 'zero3'; valid choices: none, fsdp, fsdp1, ddp"),
     (dict(ranks=0, strategy="fsdp"), "ranks 0 is not a positive whole number"),
     (dict(ranks=2.5, strategy="fsdp"), "ranks 2.5 is not a positive whole number"),
-    (dict(ranks=4), "ranks=4 needs a strategy to spread the case over them; valid choices: fsdp, ddp"),
+    (dict(ranks=4), "ranks=4 needs a strategy to spread the case over them; valid choices: fsdp, fsdp1, ddp"),
     (dict(ranks=1, strategy="fsdp"), "strategy 'fsdp' with ranks=1: a parallel strategy needs at least 2"),
     (dict(ranks=2, strategy="ddp", cpu_offload=True), "cpu_offload applies to strategy 'fsdp' only"),
     (dict(ranks=2, strategy="ddp", reshard=False), "reshard=False applies to strategy 'fsdp' only"),

@@ -110,6 +110,11 @@ class Meter:
             raise PhaseOOM(oom)
         self.phases[name] = self._backend.end_phase(name, oom=False)
 
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()`` where a training script calls it: the caching allocator's
+        unused cached blocks go back to the device (the simulator's allocator model likewise)."""
+        self._backend.release()
+
     def parallel(self, ranks: int, strategy: str, rank: int = 0) -> None:
         """Say that this test measures one rank (``rank``) of a ``ranks``-GPU job run with
         ``strategy`` (e.g. "fsdp", "ddp"): the record carries the three. The budget stays what
@@ -132,7 +137,7 @@ class Meter:
             self.trainable_params = 0
             for param in model.parameters():
                 if param.requires_grad:
-                    self.trainable_params += param.numel()
+                    self.trainable_params += _model_numel(param)
                     tracker.label(param, "trainable_params")
                     param.register_post_accumulate_grad_hook(lambda p: tracker.label(p.grad, "gradients"))
                 else:
@@ -176,6 +181,15 @@ class Meter:
     @property
     def status(self) -> str:
         return budget_rule.status(self.oom_phase, self.peak_total, self.budget)
+
+
+def _model_numel(param: torch.Tensor) -> int:
+    """How many of the model's parameters ``param`` stands for: its own elements, or for FSDP1's
+    FlatParameter (a rank's shard of one unit's parameters flattened together,
+    torch/distributed/fsdp/_flat_param.py) those of every parameter it flattens
+    (``_unpadded_unsharded_size``), as FSDP2's DTensor ``numel()`` is the global size."""
+    size = getattr(param, "_unpadded_unsharded_size", None)
+    return size.numel() if isinstance(size, torch.Size) else param.numel()
 
 
 def _frozen_category(param: torch.Tensor) -> str:

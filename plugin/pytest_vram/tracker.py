@@ -126,6 +126,10 @@ class StorageTracker(TorchDispatchMode):
         self._change(key, nbytes)
         return key
 
+    def holds(self, storage: torch.UntypedStorage) -> bool:
+        """Whether ``storage`` is one this tracker counts (live, seen through an op or a label)."""
+        return id(storage) in self._key_of
+
     def _died(self, ident: int, key: int, _ref: weakref.ref) -> None:
         del self._key_of[ident]
         del self._refs[key]

@@ -30,7 +30,8 @@ the only floor the source gives is 0 bytes.
 Reads of tensor values get host-side stand-ins (:mod:`.value_reads`), on either target.
 Libraries that resist fake tensors get a shim while the backend runs, one module each:
 :mod:`.bitsandbytes` (quantized parameter classes, code maps), :mod:`.peft` (LoHa/LoKr
-module dropout) and :mod:`.transformers` (packed-sequence detection).
+module dropout) and :mod:`.transformers` (packed-sequence detection); code that compares data
+pointers (FSDP1) reads distinct addresses for distinct storages (:mod:`.data_pointers`).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from .cuda_kernel_outputs import CUDA_OUTPUTS
 from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_code_map, fake_quantized_params
 from .cuda_composites import cuda_composites
+from .data_pointers import device_addresses
 from .fake_mode import fake_tensors, no_dynamo_guard
 from .optimizers import target_implementations
 from .peft import host_module_dropout
@@ -138,6 +140,7 @@ class SimBackend:
         mode = self._stack.enter_context(fake_tensors())
         self._stack.enter_context(fake_code_map(mode))
         self._stack.enter_context(self.tracker)
+        self._stack.enter_context(device_addresses(self.tracker))
 
     def stop(self) -> None:
         self._stack.close()
