@@ -32,3 +32,19 @@ print(tracker.live_bytes)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split()[-1] == "0"
+
+
+def test_the_simulator_alone_starts_without_inductor():
+    """A project that uses the plugin without the suite: the sim backend's bitsandbytes shims import
+    bitsandbytes with its compile deferred too."""
+    code = """
+import sys
+from pytest_vram.profiles import get_profile
+from pytest_vram.sim.backend import SimBackend
+backend = SimBackend(get_profile("v100"))
+backend.start()
+backend.stop()
+print('torch._inductor.compile_fx' in sys.modules, 'bitsandbytes' in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "True"]

@@ -56,14 +56,16 @@ _ATTRIBUTES = {
 def import_bitsandbytes() -> ModuleType:
     """Import bitsandbytes with the ``torch.compile`` of its CPU kernels deferred to their first call.
 
-    bitsandbytes 0.49 compiles four of its default (CPU) kernels when it is imported
+    bitsandbytes 0.50.2 compiles four of its default (CPU) kernels when it is imported
     (backends/default/ops.py, ``_try_torch_compile``: ``compiled_fn = torch.compile(fn)`` at
     decoration time, the call falling back to ``fn`` if the compiled one raises). ``torch.compile``
     imports dynamo and inductor (about 1.4 s of a 2-core machine's start-up, more than all of
     torch). The simulator never calls those kernels (their fake kernels run instead), so the
     compile is made where the decorator would first use it: at the kernel's first real call, with
     the same arguments (:func:`compile_on_first_call`). What the kernels compute, and the
-    fallback, are bitsandbytes' own. A bitsandbytes already imported is returned as it is.
+    fallback, are bitsandbytes' own. A bitsandbytes already imported is returned as it is. The
+    simulator's own shims import it this way too, so a project that never imports the suite's
+    fixtures starts without inductor as well.
     """
     if "bitsandbytes" in sys.modules:
         return sys.modules["bitsandbytes"]
@@ -133,7 +135,7 @@ def _fake_aware_map(original):
 def fake_quantized_params() -> Iterator[None]:
     """While active, bitsandbytes' parameter classes accept fake tensors (see the module doc)."""
     try:
-        import bitsandbytes as bnb
+        bnb = import_bitsandbytes()
     except ImportError:  # nothing to shim
         yield
         return
