@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fixtures.cases import Case
-from fixtures.loads import materializer
+from fixtures.loads import place
 from fixtures.models import build_model
 from fixtures.quantization import get_quantization
 from pytest_vram.backends import CpuBackend
@@ -36,7 +36,7 @@ def load_one_linear(quantization: str, load: str) -> tuple[int, int, nn.Module]:
         with torch.device("meta"):
             model = nn.Sequential(nn.Linear(IN, OUT, bias=False))
         quant = get_quantization(quantization)
-        materializer(load, "cpu", False, quant)(model, quant.replacer("", quantize=load == "direct"))
+        place(load, model, "cpu", False, quant, "")
         return backend.tracker.peak_bytes, backend.tracker.live_bytes, model
     finally:
         backend.stop()
