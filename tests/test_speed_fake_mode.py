@@ -270,3 +270,57 @@ def test_the_fast_constructor_makes_the_fake_tensor_torchs_makes(requires_grad):
     assert ours.nonzero_memo is None and ours.item_memo is None and ours.nested_int_memo is None
     with mode:
         assert _described_fully(ours * 2, ()) == _described_fully(torchs * 2, ())
+
+
+def _lifted(mode, make):
+    with mode:
+        out = make()
+    constant = out.constant
+    assert out.fake_mode is mode
+    attributes = {name: value for name, value in vars(out).items() if name not in ("constant", "fake_mode")}
+    return (type(out), out.shape, out.stride(), out.dtype, out.device, out.storage_offset(), out.requires_grad,
+            out.is_leaf, out.untyped_storage().nbytes(), torch._C._dispatch_key_set(out),
+            sorted(attributes.items(), key=lambda item: item[0]),
+            None if constant is None else (type(constant), constant.dtype, constant.shape, constant.tolist()))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.tensor([0.5, -1.0, 0.25, 1.0]),                # bitsandbytes' get_4bit_type
+    lambda: torch.tensor(0.0, dtype=torch.float32),             # torch's optimizers' step counters
+    lambda: torch.tensor([[1, 2], [3, 4]], dtype=torch.int64),
+    lambda: torch.tensor([7], dtype=torch.bfloat16),
+    lambda: torch.tensor([0.5, 2.0], device="cuda"),            # lifted on CPU, then moved
+    lambda: torch.tensor(3.0) * 2,
+], ids=["table", "scalar", "int-matrix", "one-element", "to-cuda", "constant-prop"])
+def test_a_lifted_tensor_is_the_fake_tensor_torch_makes(make):
+    """``torch.tensor(data)`` under the simulator's mode (its direct lift) against torch's
+    FakeTensorMode: the same fake tensor, attribute for attribute, the same constant (what
+    ``.item()`` reads), and the converter's memo set as torch sets it."""
+    assert _lifted(SimFakeTensorMode(allow_non_fake_inputs=True), make) == \
+        _lifted(FakeTensorMode(allow_non_fake_inputs=True), make)
+
+
+def test_the_direct_lift_is_taken_and_item_reads_its_constant():
+    """The direct path runs (MetaConverter is not called for a fresh tensor), a one-element
+    lift keeps its value for ``.item()``, and a lift of a tensor already converted, or of a
+    view, still takes torch's path (which returns the memoized fake tensor)."""
+    mode = SimFakeTensorMode(allow_non_fake_inputs=True)
+    calls = []
+    meta_converter = mode.fake_tensor_converter.meta_converter
+    original = type(meta_converter).__call__
+    type(meta_converter).__call__ = lambda self, *a, **k: calls.append(a[0]) or original(self, *a, **k)
+    try:
+        with mode:
+            assert torch.tensor(2.5).item() == 2.5
+            torch.tensor([1.0, 2.0, 3.0])
+        assert calls == []
+        real = torch.arange(6.0)
+        view = real[2:]
+        with mode:
+            first = aten.lift_fresh.default(real)
+            again = aten.lift_fresh.default(real)
+            lifted_view = aten.lift_fresh.default(view)
+        assert again is first  # torch's path, through the memo the direct lift set
+        assert calls == [view] and lifted_view.shape == (4,)
+    finally:
+        type(meta_converter).__call__ = original

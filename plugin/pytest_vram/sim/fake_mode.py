@@ -93,6 +93,7 @@ def no_dynamo_guard(cls) -> bool:
 
 
 _UNSAFE_VIEW = torch.ops.aten._unsafe_view.default
+_LIFTS = frozenset(map(id, FakeTensorMode.lift_fns))
 _VIEW = torch.ops.aten.view.default
 
 
@@ -106,9 +107,43 @@ class SimFakeTensorMode(FakeTensorMode):
     def dispatch(self, func, types, args=(), kwargs=None):
         """torch's ``FakeTensorMode.dispatch`` when it would do more than look up the cache
         (debug logging, the ops it answers itself, the cache off); else that lookup."""
-        if id(func) in _ANSWERED_BY_TORCH or not self.cache_enabled or fake_tensor.log.getEffectiveLevel() <= logging.DEBUG:
+        ident = id(func)
+        if ident in _LIFTS and not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
+            lifted = self._lift_plain(func, args[0])
+            if lifted is not None:
+                return lifted
+        if ident in _ANSWERED_BY_TORCH or not self.cache_enabled or fake_tensor.log.getEffectiveLevel() <= logging.DEBUG:
             return super().dispatch(func, types, args, kwargs or {})
         return self._cached_dispatch_impl(func, types, args, kwargs or {})
+
+    def _lift_plain(self, func, real: torch.Tensor) -> FakeTensor | None:
+        """``torch.tensor(data)``'s lift of its fresh CPU tensor, as torch's ``_dispatch_impl``
+        does it for a plain one (no shape environment; strided, dense, contiguous, not a view,
+        no autograd, conjugate, negative or inference bit, not yet converted): ``func`` run on the
+        real tensor; an output of at most ``CONSTANT_NUMEL_LIMIT`` elements cloned and kept as the
+        fake tensor's ``constant`` (what ``.item()`` reads back); else the input converted; the
+        converter's memo set for what was converted, as ``from_real_tensor`` does. The fake tensor is made as ``MetaConverter`` makes
+        it for such a tensor (``empty_strided`` on meta of the same sizes, strides and dtype, then
+        ``FakeTensor(mode, meta, device)``), without MetaConverter's tensor description, which was
+        ~8% of a QLoRA case (bitsandbytes' ``get_4bit_type`` per weight, AdamW's step counters).
+        None for anything else: torch's path."""
+        if self.shape_env is not None or real.layout is not _STRIDED or real.device.type != "cpu" \
+                or real.requires_grad or real._is_view() or real.storage_offset() != 0 or not real.is_contiguous() \
+                or real.is_quantized or real.is_conj() or real.is_neg() or real.is_inference() \
+                or fake_tensor.FakeTensorConfig.debug:
+            return None
+        converter = self.fake_tensor_converter
+        if converter._get_memo(real) is not None:
+            return None
+        with fake_tensor.no_dispatch():
+            out = func(real)
+            constant = out.clone() if self.may_turn_const(out) else None
+            source = real if constant is None else constant
+            meta = torch.empty_strided(source.shape, source.stride(), dtype=source.dtype, device="meta")
+        fake = new_fake_tensor(self, meta, source.device)
+        fake.constant = constant
+        converter.set_tensor_memo(source, fake)
+        return fake
 
     def _get_output_tensor_from_cache_entry(self, state, entry, key, func, args):
         """torch's, for a plain tensor output without a shape environment (whose cached sizes
