@@ -101,8 +101,9 @@ class SimFakeTensorMode(FakeTensorMode):
     _should_skip_dynamo = classmethod(no_dynamo_guard)
 
     # FakeTensorMode's own ``__torch_dispatch__`` without the ``torch._disable_dynamo`` wrapper
-    # that TorchDispatchMode.__init_subclass__ put around it
-    __torch_dispatch__ = FakeTensorMode.__dict__["__torch_dispatch__"].__wrapped__
+    # that TorchDispatchMode.__init_subclass__ put around it, nor torch/utils/_stats.py's
+    # ``@count`` under it (a per-call tally in ``simple_call_counter``, statistics only)
+    __torch_dispatch__ = FakeTensorMode.__dict__["__torch_dispatch__"].__wrapped__.__wrapped__
 
     def dispatch(self, func, types, args=(), kwargs=None):
         """torch's ``FakeTensorMode.dispatch`` when it would do more than look up the cache
@@ -234,15 +235,25 @@ _MEMOS_CLEARED = {f"_{name}{suffix}": None
                   for suffix in ("", "_vc", "_epoch")}
 
 
+# an indexed device normalizes to itself (``_normalize_fake_device``), once its accelerator is
+# initialised (``init_gpu_context``, the first time): kept after that first call
+_NORMALIZED: dict[torch.device, torch.device] = {}
+
+
 def new_fake_tensor(mode: FakeTensorMode, elem: torch.Tensor, device: torch.device) -> FakeTensor:
     """``FakeTensor(mode, elem, device)`` for a meta ``elem`` and a non-meta device, as
     torch/_subclasses/fake_tensor.py ``FakeTensor.__new__`` makes it: ``Tensor._make_subclass``
     with the fake device's dispatch keys, the mutable-data-pointer flag, then the same instance
-    attributes (the device normalized once, the five memo descriptors' slots None), written into
+    attributes (the device normalized, once per indexed device, the memo descriptors' slots None), written into
     the instance's dict at once instead of through the descriptors (15 ``setattr`` calls per
     tensor). Anything else (torch's debug traces, a meta device) takes torch's constructor.
     ``tests/test_speed_fake_mode.py`` compares the two tensors attribute by attribute."""
-    device = FakeTensor._normalize_fake_device(device)
+    normalized = _NORMALIZED.get(device)
+    if normalized is None:
+        normalized = FakeTensor._normalize_fake_device(device)
+        if device.index is not None:
+            _NORMALIZED[device] = normalized
+    device = normalized
     if fake_tensor.FakeTensorConfig.debug or device.type == "meta" or elem.device.type != "meta":
         return FakeTensor(mode, elem, device)
     t = torch.Tensor._make_subclass(FakeTensor, elem, elem.requires_grad, dispatch_device=True,
