@@ -87,6 +87,7 @@ class _SimTracker(StorageTracker):
     def __init__(self, backend: "SimBackend"):
         super().__init__(on_alloc=backend._alloc, on_free=backend._free)
         self._backend = backend
+        self._fake = None  # the fake mode below, set when the backend starts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is PRIM_DEVICE and type(args[0]) is FakeTensor:
@@ -98,7 +99,7 @@ class _SimTracker(StorageTracker):
         ident = id(func)  # OpOverload hashes in Python; its id (one object per overload) does not
         if ident in _GEMM_IDS:
             self._backend._first_gemm()
-        out = call_with_host_values(func, args, kwargs or {})
+        out = call_with_host_values(func, args, kwargs or {}, self._fake.dispatch_as_below, types)
         if ident in _CUDA_OUTPUT_IDS and self._backend.gpu_models:
             out = CUDA_OUTPUTS[func](args, out)
         self.see_outputs(out)
@@ -138,6 +139,7 @@ class SimBackend:
         self._stack.enter_context(unpacked_sequences())
         self._stack.enter_context(eager_strides())
         mode = self._stack.enter_context(fake_tensors())
+        self.tracker._fake = mode
         self._stack.enter_context(fake_code_map(mode))
         self._stack.enter_context(self.tracker)
         self._stack.enter_context(device_addresses(self.tracker))

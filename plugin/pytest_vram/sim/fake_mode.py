@@ -94,6 +94,7 @@ def no_dynamo_guard(cls) -> bool:
 
 _UNSAFE_VIEW = torch.ops.aten._unsafe_view.default
 _LIFTS = frozenset(map(id, FakeTensorMode.lift_fns))
+_FAKE_KEY = _C._TorchDispatchModeKey.FAKE
 _VIEW = torch.ops.aten.view.default
 
 
@@ -104,6 +105,22 @@ class SimFakeTensorMode(FakeTensorMode):
     # that TorchDispatchMode.__init_subclass__ put around it, nor torch/utils/_stats.py's
     # ``@count`` under it (a per-call tally in ``simple_call_counter``, statistics only)
     __torch_dispatch__ = FakeTensorMode.__dict__["__torch_dispatch__"].__wrapped__.__wrapped__
+
+    def dispatch_as_below(self, func, types, args, kwargs):
+        """What ``func(*args, **kwargs)`` does from a mode stacked on this one when ``types``
+        (the argument subclasses the dispatcher found) are this mode's FakeTensors or none: the
+        dispatcher unsets this mode (an infra mode: ``_unset_dispatch_mode``) while its
+        ``__torch_dispatch__`` runs and sets it back after. Done here without going through the
+        dispatcher again; anything else (another subclass, this mode not the one set) is
+        ``func(*args, **kwargs)`` itself."""
+        if any(kind is not FakeTensor for kind in types) or _C._get_dispatch_mode(_FAKE_KEY) is not self:
+            return func(*args, **kwargs)
+        _C._unset_dispatch_mode(_FAKE_KEY)
+        try:
+            out = self.__torch_dispatch__(func, types, args, kwargs)
+        finally:
+            _C._set_dispatch_mode(self)
+        return func(*args, **kwargs) if out is NotImplemented else out
 
     def dispatch(self, func, types, args=(), kwargs=None):
         """torch's ``FakeTensorMode.dispatch`` when it would do more than look up the cache

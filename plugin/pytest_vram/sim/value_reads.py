@@ -53,10 +53,11 @@ def _largest_output(func, args):
     return None
 
 
-def call_with_host_values(func, args, kwargs):
-    """``func(*args, **kwargs)`` under the fake mode, a stand-in where it needs values."""
+def call_with_host_values(func, args, kwargs, dispatch=None, types=()):
+    """``func(*args, **kwargs)`` under the fake mode, a stand-in where it needs values; through
+    ``dispatch(func, types, args, kwargs)`` when given (the fake mode's own entry)."""
     try:
-        return func(*args, **kwargs)
+        return func(*args, **kwargs) if dispatch is None else dispatch(func, types, args, kwargs)
     except DataDependentOutputException:
         if func is aten._local_scalar_dense.default:
             return _zero(args[0])
