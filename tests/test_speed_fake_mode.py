@@ -324,3 +324,23 @@ def test_the_direct_lift_is_taken_and_item_reads_its_constant():
         assert calls == [view] and lifted_view.shape == (4,)
     finally:
         type(meta_converter).__call__ = original
+
+
+@pytest.mark.parametrize("then", [
+    lambda g: g.expand(2),        # an alias that is no constant: the value is dropped
+    lambda g: g.add_(torch.rand(1)),  # written with a non-constant: dropped
+    lambda g: g * 2,              # constant propagation: kept, and the product is a constant
+    lambda g: g.expand(1),        # propagated through a view: a constant sharing g's storage
+], ids=["alias", "write", "propagate", "propagate-view"])
+def test_a_lifted_constant_lives_and_dies_as_torchs(then):
+    """What happens to a lifted constant afterwards depends on the converter knowing its storage
+    (``add_constant_storage_mapping``) and MetaConverter its storage (the storage memo): without
+    them an op on it took another path, or gave a view a storage of its own, and the FLUX tiny
+    twin's step counted 4 bytes a real run does not (``guidance.expand(batch)``)."""
+    def run(mode):
+        with mode:
+            g = torch.tensor([3.5])
+            out = then(g)
+        return (None if g.constant is None else g.constant.tolist(),
+                None if out.constant is None else out.constant.tolist(), out.untyped_storage() is g.untyped_storage())
+    assert run(SimFakeTensorMode(allow_non_fake_inputs=True)) == run(FakeTensorMode(allow_non_fake_inputs=True))

@@ -151,7 +151,10 @@ def test_the_simulators_modes_run_without_the_dynamo_guard():
     from pytest_vram.sim.backend import _SimTracker
     from pytest_vram.sim.fake_mode import SimFakeTensorMode
 
-    assert SimFakeTensorMode.__torch_dispatch__ is FakeTensorMode.__dict__["__torch_dispatch__"].__wrapped__
+    # torch's own function, under neither the dynamo guard nor torch/utils/_stats.py's @count
+    guarded = FakeTensorMode.__dict__["__torch_dispatch__"]
+    assert SimFakeTensorMode.__torch_dispatch__ is guarded.__wrapped__.__wrapped__
+    assert not hasattr(SimFakeTensorMode.__torch_dispatch__, "__wrapped__")
     assert _SimTracker.__torch_dispatch__.__module__ == "pytest_vram.sim.backend"
     assert not hasattr(_SimTracker.__dict__["__torch_dispatch__"], "__wrapped__")
     assert hasattr(StorageTracker.__dict__["__torch_dispatch__"], "__wrapped__")  # torch's guard, kept

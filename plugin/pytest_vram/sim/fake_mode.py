@@ -139,8 +139,11 @@ class SimFakeTensorMode(FakeTensorMode):
         does it for a plain one (no shape environment; strided, dense, contiguous, not a view,
         no autograd, conjugate, negative or inference bit, not yet converted): ``func`` run on the
         real tensor; an output of at most ``CONSTANT_NUMEL_LIMIT`` elements cloned and kept as the
-        fake tensor's ``constant`` (what ``.item()`` reads back); else the input converted; the
-        converter's memo set for what was converted, as ``from_real_tensor`` does. The fake tensor is made as ``MetaConverter`` makes
+        fake tensor's ``constant`` (what ``.item()`` reads back), its storage registered with the
+        converter (``add_constant_storage_mapping``: a later write, or an op whose output may alias
+        it and is no constant, drops the value); else the input converted; the converter's tensor
+        memo and MetaConverter's storage memo set for what was converted, as ``from_real_tensor``
+        does. The fake tensor is made as ``MetaConverter`` makes
         it for such a tensor (``empty_strided`` on meta of the same sizes, strides and dtype, then
         ``FakeTensor(mode, meta, device)``), without MetaConverter's tensor description, which was
         ~8% of a QLoRA case (bitsandbytes' ``get_4bit_type`` per weight, AdamW's step counters).
@@ -160,7 +163,14 @@ class SimFakeTensorMode(FakeTensorMode):
             meta = torch.empty_strided(source.shape, source.stride(), dtype=source.dtype, device="meta")
         fake = new_fake_tensor(self, meta, source.device)
         fake.constant = constant
+        if constant is not None:  # so that a write to, or a non-constant alias of, it drops the value
+            converter.add_constant_storage_mapping(fake)
         converter.set_tensor_memo(source, fake)
+        # MetaConverter's storage memo: a later conversion of a view of ``source`` (constant
+        # propagation through a view of the constant) shares this fake tensor's storage
+        meta_converter = converter.meta_converter
+        meta_converter.storage_memo[meta_converter.describer.get_storage_id(source.untyped_storage())] = \
+            fake.untyped_storage()
         return fake
 
     def _get_output_tensor_from_cache_entry(self, state, entry, key, func, args):
