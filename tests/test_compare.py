@@ -218,3 +218,22 @@ def test_table_and_compare_warn_about_an_incomplete_history(tmp_path, capsys):
     assert f"warning: {a} is incomplete" in capsys.readouterr().out
     assert main(["compare", str(a), str(a)]) == 0
     assert capsys.readouterr().out.count(f"warning: {a} is incomplete") == 2
+
+
+def test_a_phase_out_of_memory_in_both_that_moved_is_said_not_gated(tmp_path, capsys):
+    """Both runs ran out of memory in the phase: not a regression either way, but the figures it
+    reached moved, and the compare says so instead of "no memory changes" (a simulator change
+    moved one such record unseen before)."""
+    old = [rec("a", 8000, status="OOM"), rec("b", 100)]
+    new = [rec("a", 7000, status="OOM"), rec("b", 100)]
+    result = compare(old, new)
+    assert result.deltas and all(d.change == 0 for d in result.deltas)   # b, unchanged
+    assert [d.metric for d in result.oom_moves] == ["step.allocated", "step.peak", "step.total"]
+    assert result.regressions([parse_fail_expr("step.peak:5%")]) == []
+    assert "out of memory in both, not compared: a: step.peak at the failure from" in "\n".join(result.notes("o", "n"))
+    assert main(["compare", str(history(tmp_path / "o.json", old)), str(history(tmp_path / "n.json", new))]) == 0
+    out = capsys.readouterr().out
+    assert "no memory changes\n" not in out and "where both ran out of memory the figures moved" in out
+    same = history(tmp_path / "same.json", old)
+    assert main(["compare", str(same), str(same)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("no memory changes")

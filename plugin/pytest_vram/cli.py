@@ -24,7 +24,8 @@ import os
 import sys
 
 from . import report
-from .compare import DELTA_HEADERS, check_phases, compare, delta_rows, parse_fail_expr, phases_of
+from .compare import (DELTA_HEADERS, check_phases, compare, delta_rows, no_changes_line, parse_fail_expr,
+                      phases_of)
 from .history import load, write_json_atomic
 from .options import OPTIONS
 
@@ -77,7 +78,7 @@ def _compare(args) -> int:
         if rows or args.format == "csv":
             _emit(DELTA_HEADERS, rows, args.format)
         else:
-            print("no memory changes")
+            print(no_changes_line(result))
         if args.format == "markdown":
             print()  # the table ends before the next heading
         regressions += result.regressions(exprs)

@@ -11,7 +11,9 @@ case is an error or a regression, never a silent pass.
 
 A phase that ran out of memory in either history is not compared: its numbers are what it
 reached before the failed allocation, and a case that now runs out of memory earlier would
-read as an improvement. Its status change (fits -> OOM) is the regression.
+read as an improvement. Its status change (fits -> OOM) is the regression. Where it ran out in
+both and those numbers moved, a note says so (``oom_moves``), so that "no memory changes" is
+never said of two runs that differ: the simulator changed, or the run failed elsewhere.
 
 Cases are matched by identity (the node id, :func:`schema.identity`), not by display name:
 ``test_forward[1]`` and ``test_backward[1]`` are two cases even though both are called "1".
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .schema import CATEGORIES, SIZE_FIELDS, Record, display_names, identity
 from .sizes import format_bytes, parse_size
@@ -122,13 +124,17 @@ class Comparison:
     only_new: list[str]
     status_changes: list[tuple[str, str, str]]  # case, old status, new status
     warnings: list[str]
+    oom_moves: list[Delta] = field(default_factory=list)  # moved in a phase out of memory in both
 
     def notes(self, old_name: str, new_name: str) -> list[str]:
-        """Warnings, one-sided cases and status changes, one line each."""
+        """Warnings, one-sided cases, status changes and moves where both ran out of memory,
+        one line each."""
         return ([f"warning: {w}" for w in self.warnings]
                 + [f"case only in {old_name}: {c}" for c in self.only_old]
                 + [f"case only in {new_name}: {c}" for c in self.only_new]
-                + [f"status: {c}: {a} -> {b}" for c, a, b in self.status_changes])
+                + [f"status: {c}: {a} -> {b}" for c, a, b in self.status_changes]
+                + [f"out of memory in both, not compared: {d.case}: {d.metric} at the failure "
+                   f"{_change(d)}" for d in self.oom_moves])
 
     def regressions(self, exprs: list[FailExpr]) -> list[str]:
         """One line per regression. An expression that matched no value in both histories is
@@ -157,20 +163,25 @@ def compare(old_records: list[Record], new_records: list[Record], old_machine: d
     new = _keyed(new_records, key, "the new history", warnings)
     shown = display_names([*old.values(), *new.values()])
     names = {k: shown[identity(r)] if k == identity(r) else k for side in (old, new) for k, r in side.items()}
-    deltas, changes = [], []
+    deltas, changes, oom_moves = [], [], []
     for k in [k for k in new if k in old]:
         a, b = old[k], new[k]
         if a["status"] != b["status"]:
             changes.append((names[k], a["status"], b["status"]))
         for phase in [p for p in b["phases"] if p in a["phases"]]:
-            if a["phases"][phase]["oom"] or b["phases"][phase]["oom"]:
+            both_oom = a["phases"][phase]["oom"] and b["phases"][phase]["oom"]
+            if not both_oom and (a["phases"][phase]["oom"] or b["phases"][phase]["oom"]):
                 continue  # what it reached before failing: no measure (the status says OOM)
-            for field in METRICS:
-                x, y = value(a, phase, field), value(b, phase, field)
+            for metric in (SHOWN_FIELDS if both_oom else METRICS):
+                x, y = value(a, phase, metric), value(b, phase, metric)
                 if isinstance(x, int) and isinstance(y, int):
-                    deltas.append(Delta(names[k], f"{phase}.{field}", x, y, k))
+                    d = Delta(names[k], f"{phase}.{metric}", x, y, k)
+                    if not both_oom:
+                        deltas.append(d)
+                    elif d.change:
+                        oom_moves.append(d)
     return Comparison(deltas, [names[k] for k in old if k not in new], [names[k] for k in new if k not in old],
-                      changes, machine_warnings(old_machine or {}, new_machine or {}) + warnings)
+                      changes, machine_warnings(old_machine or {}, new_machine or {}) + warnings, oom_moves)
 
 
 def _matching(old: list[Record], new: list[Record]):
@@ -222,3 +233,11 @@ def delta_rows(comparison: Comparison, fields: tuple[str, ...] = SHOWN_FIELDS,
 
 
 DELTA_HEADERS = ["case", "metric", "old", "new", "change (bytes)", "change"]
+
+
+def no_changes_line(comparison: Comparison) -> str:
+    """What stands in for an empty delta table."""
+    if comparison.oom_moves:
+        return ("no memory changes where both runs fit; where both ran out of memory the figures "
+                "moved (the notes above)")
+    return "no memory changes"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from . import report
 from .benchmark_bridge import resolve
-from .compare import DELTA_HEADERS, Comparison, check_phases, compare, delta_rows, parse_fail_expr, phases_of
+from .compare import (DELTA_HEADERS, Comparison, check_phases, compare, delta_rows, no_changes_line,
+                      parse_fail_expr, phases_of)
 from .history import HistoryError, load
 
 
@@ -33,6 +34,6 @@ class Gate:
         c = self.comparison
         lines = [f"compared with {self.path}"] + c.notes(str(self.path), "this run")
         rows = delta_rows(c, changed_only=True)
-        lines.append(report.render(DELTA_HEADERS, rows) if rows else "no memory changes")
+        lines.append(report.render(DELTA_HEADERS, rows) if rows else no_changes_line(c))
         lines += [f"REGRESSION {r}" for r in self.regressions]
         return "\n".join(lines)
