@@ -139,7 +139,8 @@ def test_fit_of_a_7b_config_from_the_command_line(tmp_path):
 
 
 # -- the solver (fixtures/solver.py) ------------------------------------------------------------
-from fixtures.solver import demand, largest, switches, what_if  # noqa: E402
+from fixtures.solver import largest  # noqa: E402
+from fixtures.what_if import demand, switches, what_if  # noqa: E402
 
 TINY = Case("llama-tiny", seq_len=64, budget="400MiB")
 

@@ -71,7 +71,7 @@ def test_the_fit_flag_and_the_cases_file_key_make_the_same_case():
 
 
 def test_what_if_offers_the_policy_and_drops_it_where_a_switch_changes_the_weights_dtype():
-    from fixtures.solver import switches
+    from fixtures.what_if import switches
 
     case = Case("llama-tiny", quantization="fp32", seq_len=64, gpu="a100_80gb", ranks=2, strategy="fsdp")
     variants = dict(switches(case))
