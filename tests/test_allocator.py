@@ -75,6 +75,37 @@ def test_a_block_is_reused_only_on_the_stream_that_allocated_its_segment():
     assert a.reserved == 60 * MiB and a._where[2][0].stream == 1 and a._where[3][0].stream == 0
 
 
+def test_a_block_recorded_on_another_stream_waits_for_the_host_to_synchronize():
+    """free() of a block with stream_uses: no longer allocated, but its events (insert_events) must
+    complete before it is reused (process_events); the model's clock is the host's waits."""
+    a = CachingAllocatorModel(limit=None)
+    a.malloc(0, 30 * MiB)                     # e.g. the flat tensor a broadcast reads
+    a.record_stream(0)
+    a.free(0)
+    assert a.allocated == 0 and a.requested == 0 and a.reserved == 30 * MiB
+    a.malloc(1, 30 * MiB)                     # still in use by the other stream: a new segment
+    assert a.reserved == 60 * MiB
+    a.free(1)                                 # not recorded: back in the pool at once
+    a.malloc(2, 30 * MiB)
+    assert a._where[2][0] is a.segments[1]
+    a.synchronize()                           # the host waited: the first block is free again
+    a.malloc(3, 30 * MiB)
+    assert a.reserved == 60 * MiB and a._where[3][0] is a.segments[0]
+    a.free(3)                                 # a new block of the same memory is not recorded
+    a.malloc(4, 30 * MiB)
+    assert a.reserved == 60 * MiB
+
+
+def test_empty_cache_waits_for_recorded_blocks_first():
+    """release_cached_blocks begins with synchronize_and_free_events (CUDACachingAllocator.cpp)."""
+    a = CachingAllocatorModel(limit=None)
+    a.malloc(0, 30 * MiB)
+    a.record_stream(0)
+    a.free(0)
+    a.empty_cache()
+    assert a.reserved == 0
+
+
 def test_the_simulator_allocates_on_the_current_stream():
     """Under the simulator the current stream is torch.cpu's (the fake tensors are CPU tensors),
     the one FSDP2's collectives enter with ``device_handle.stream(...)``."""
