@@ -171,20 +171,28 @@ def test_transformers_437_llama_carries_per_layer_rotary_caches_whole_on_every_f
             modeling_llama.LlamaAttention(config, 0)
 
 
-def wrap_log(simulated: bool, recorded: bool, profile=None) -> dict:
-    """The tiny twin (LoRA, fp32) loaded and wrapped by FSDP1 as rank 0 of 2: every storage
-    allocated and freed during the wrapping (signed bytes, in order) and, under the simulator
-    with an allocator model, the blocks waiting for a stream at each host synchronization."""
+def wrap_log(simulated: bool, recorded: bool = False, profile=None, model_name: str = "llama-tiny",
+             quantization: str = "fp32", round_trip: bool = False) -> dict:
+    """The tiny twin loaded (its 4-bit weights quantized on the device), given LoRA and wrapped by
+    FSDP1 as rank 0 of 2: every storage allocated and freed during the wrapping (signed bytes, in
+    order), the units' bytes, the adapted QuantStates and, under the simulator with an allocator
+    model, the blocks waiting for a stream at each host synchronization."""
     from pytest_vram.profiles import get_profile
 
-    from fixtures.fsdp1 import nccl_records_streams
+    from fixtures.fsdp1 import _adapted_quant_states, nccl_records_streams, quant_states_round_trip
 
     backend = SimBackend(get_profile(profile) if profile else None) if simulated else CpuBackend(None)
     out: dict = {"waiting": []}
-    with fake_process_group(2, 0), (nccl_records_streams() if recorded else contextlib.nullcontext()):
+    contexts = contextlib.ExitStack()
+    if recorded:
+        contexts.enter_context(nccl_records_streams())
+    if round_trip:
+        contexts.enter_context(quant_states_round_trip())
+    with fake_process_group(2, 0), contexts:
         backend.start()
         try:
-            model = prepare_for_training(build_model("llama-tiny", "fp32", "meta"), "llm", False, sharded=True)
+            model = prepare_for_training(build_model(model_name, quantization, "meta"), "llm", False, sharded=True)
+            model = quantize_off_device(model, "cpu")
             model = apply_adapter(model, "llm", "lora", 8, autocast_adapter_dtype=False)
             out["units"] = _unit_tensor_bytes(model)
             allocator = getattr(backend, "allocator", None)
@@ -201,6 +209,7 @@ def wrap_log(simulated: bool, recorded: bool, profile=None) -> dict:
             backend.tracker.mark()
             apply_fsdp1(model, "cpu", checkpointing=False, streams=streams)
             out["log"] = list(backend.tracker._log)
+            out["states"] = [(s.absmax, s.offset, s.state2.absmax, s.state2.code) for s in _adapted_quant_states(model)]
         finally:
             backend.stop()
     return out
@@ -242,3 +251,23 @@ def test_each_broadcast_block_waits_for_rank_0s_next_blocking_copy():
     assert recorded["waiting"] == [[round_size(b)] for b in recorded["units"]]
     plain = wrap_log(True, recorded=False, profile="rtx3090")
     assert plain["waiting"] == [] and plain["log"] == recorded["log"]
+
+
+def test_rank_0s_adapted_quant_states_leave_the_device_with_peft_and_come_back_with_their_unit():
+    """peft <= 0.11's ``self.to(weight.device)`` moved each adapted 4-bit layer's QuantState
+    (absmax, offset, nested absmax, nested code: bitsandbytes 0.43's ``QuantState.to``) to rank 0's
+    CPU; FSDP1 moves it back with the layer's weight. During wrapping, then, each of those tensors is
+    freed once and allocated once more than without the round trip, and the simulated rank does
+    what a real CPU rank does, storage by storage."""
+    from collections import Counter
+
+    args = {"model_name": "llama-tiny-nf4", "quantization": "nf4-dq-bf16"}
+    real = wrap_log(False, round_trip=True, **args)
+    simulated = wrap_log(True, round_trip=True, **args)
+    assert [d for _, d in simulated["log"]] == [d for _, d in real["log"]]
+    plain = wrap_log(True, **args)
+    sizes = [t.numel() * t.element_size() for state in simulated["states"] for t in state]
+    assert simulated["states"] and all(t.device.type != "meta" for state in simulated["states"] for t in state)
+    more = Counter(d for _, d in simulated["log"])
+    more.subtract(Counter(d for _, d in plain["log"]))
+    assert +more == Counter(sizes) + Counter(-n for n in sizes)
