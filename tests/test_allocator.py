@@ -131,3 +131,30 @@ def test_the_simulator_allocates_on_the_current_stream():
     finally:
         backend.stop()
     assert reserved_apart == 60 * MiB and reserved_after == reserved_apart
+
+
+def test_the_backend_records_and_synchronizes_through_the_meter_under_the_simulator_only():
+    """``Meter.streams`` is the sim backend (its allocator model keeps a recorded block until
+    ``synchronize``); the cpu backend has no caching allocator to model: None."""
+    import torch
+
+    from pytest_vram.backends import CpuBackend
+    from pytest_vram.meter import Meter
+    from pytest_vram.profiles import get_profile
+    from pytest_vram.sim.backend import SimBackend
+
+    assert Meter(CpuBackend(None), None, None).streams is None
+    backend = SimBackend(get_profile("rtx3090"))
+    streams = Meter(backend, get_profile("rtx3090"), None).streams
+    backend.start()
+    try:
+        flat = torch.empty(30 * MiB, dtype=torch.uint8)
+        streams.record_stream(flat)
+        del flat
+        held = torch.empty(30 * MiB, dtype=torch.uint8)   # the recorded block is not free yet: a new segment
+        assert backend.allocator.reserved == 60 * MiB
+        streams.synchronize()
+        again = torch.empty(30 * MiB, dtype=torch.uint8)  # the first block, free again
+        assert backend.allocator.reserved == 60 * MiB and held.shape == again.shape
+    finally:
+        backend.stop()
