@@ -75,6 +75,37 @@ def test_a_block_is_reused_only_on_the_stream_that_allocated_its_segment():
     assert a.reserved == 60 * MiB and a._where[2][0].stream == 1 and a._where[3][0].stream == 0
 
 
+def test_a_block_recorded_on_another_stream_waits_for_the_host_to_synchronize():
+    """free() of a block with stream_uses: no longer allocated, but its events (insert_events) must
+    complete before it is reused (process_events); the model's clock is the host's waits."""
+    a = CachingAllocatorModel(limit=None)
+    a.malloc(0, 30 * MiB)                     # e.g. the flat tensor a broadcast reads
+    a.record_stream(0)
+    a.free(0)
+    assert a.allocated == 0 and a.requested == 0 and a.reserved == 30 * MiB
+    a.malloc(1, 30 * MiB)                     # still in use by the other stream: a new segment
+    assert a.reserved == 60 * MiB
+    a.free(1)                                 # not recorded: back in the pool at once
+    a.malloc(2, 30 * MiB)
+    assert a._where[2][0] is a.segments[1]
+    a.synchronize()                           # the host waited: the first block is free again
+    a.malloc(3, 30 * MiB)
+    assert a.reserved == 60 * MiB and a._where[3][0] is a.segments[0]
+    a.free(3)                                 # a new block of the same memory is not recorded
+    a.malloc(4, 30 * MiB)
+    assert a.reserved == 60 * MiB
+
+
+def test_empty_cache_waits_for_recorded_blocks_first():
+    """release_cached_blocks begins with synchronize_and_free_events (CUDACachingAllocator.cpp)."""
+    a = CachingAllocatorModel(limit=None)
+    a.malloc(0, 30 * MiB)
+    a.record_stream(0)
+    a.free(0)
+    a.empty_cache()
+    assert a.reserved == 0
+
+
 def test_the_simulator_allocates_on_the_current_stream():
     """Under the simulator the current stream is torch.cpu's (the fake tensors are CPU tensors),
     the one FSDP2's collectives enter with ``device_handle.stream(...)``."""
@@ -100,3 +131,30 @@ def test_the_simulator_allocates_on_the_current_stream():
     finally:
         backend.stop()
     assert reserved_apart == 60 * MiB and reserved_after == reserved_apart
+
+
+def test_the_backend_records_and_synchronizes_through_the_meter_under_the_simulator_only():
+    """``Meter.streams`` is the sim backend (its allocator model keeps a recorded block until
+    ``synchronize``); the cpu backend has no caching allocator to model: None."""
+    import torch
+
+    from pytest_vram.backends import CpuBackend
+    from pytest_vram.meter import Meter
+    from pytest_vram.profiles import get_profile
+    from pytest_vram.sim.backend import SimBackend
+
+    assert Meter(CpuBackend(None), None, None).streams is None
+    backend = SimBackend(get_profile("rtx3090"))
+    streams = Meter(backend, get_profile("rtx3090"), None).streams
+    backend.start()
+    try:
+        flat = torch.empty(30 * MiB, dtype=torch.uint8)
+        streams.record_stream(flat)
+        del flat
+        held = torch.empty(30 * MiB, dtype=torch.uint8)   # the recorded block is not free yet: a new segment
+        assert backend.allocator.reserved == 60 * MiB
+        streams.synchronize()
+        again = torch.empty(30 * MiB, dtype=torch.uint8)  # the first block, free again
+        assert backend.allocator.reserved == 60 * MiB and held.shape == again.shape
+    finally:
+        backend.stop()

@@ -4,6 +4,7 @@ CPU run of the same rank in the same fake group (real tensors, the cpu backend's
 allocation by allocation, and the flat parameters' shards against FSDP1's arithmetic."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -168,3 +169,105 @@ def test_transformers_437_llama_carries_per_layer_rotary_caches_whole_on_every_f
         config.rope_scaling = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
         with llama_437():
             modeling_llama.LlamaAttention(config, 0)
+
+
+def wrap_log(simulated: bool, recorded: bool = False, profile=None, model_name: str = "llama-tiny",
+             quantization: str = "fp32", round_trip: bool = False) -> dict:
+    """The tiny twin loaded (its 4-bit weights quantized on the device), given LoRA and wrapped by
+    FSDP1 as rank 0 of 2: every storage allocated and freed during the wrapping (signed bytes, in
+    order), the units' bytes, the adapted QuantStates and, under the simulator with an allocator
+    model, the blocks waiting for a stream at each host synchronization."""
+    from pytest_vram.profiles import get_profile
+
+    from fixtures.fsdp1 import _adapted_quant_states, nccl_records_streams, quant_states_round_trip
+
+    backend = SimBackend(get_profile(profile) if profile else None) if simulated else CpuBackend(None)
+    out: dict = {"waiting": []}
+    contexts = contextlib.ExitStack()
+    if recorded:
+        contexts.enter_context(nccl_records_streams())
+    if round_trip:
+        contexts.enter_context(quant_states_round_trip())
+    with fake_process_group(2, 0), contexts:
+        backend.start()
+        try:
+            model = prepare_for_training(build_model(model_name, quantization, "meta"), "llm", False, sharded=True)
+            model = quantize_off_device(model, "cpu")
+            model = apply_adapter(model, "llm", "lora", 8, autocast_adapter_dtype=False)
+            out["units"] = _unit_tensor_bytes(model)
+            allocator = getattr(backend, "allocator", None)
+            streams = None
+            if allocator is not None:
+                class Streams:   # the backend's, watched
+                    record_stream = backend.record_stream
+
+                    def synchronize(self):
+                        if allocator._pending:
+                            out["waiting"].append(sorted(s.blocks[_block(s, o)][1] for s, o in allocator._pending))
+                        backend.synchronize()
+                streams = Streams()
+            backend.tracker.mark()
+            apply_fsdp1(model, "cpu", checkpointing=False, streams=streams)
+            out["log"] = list(backend.tracker._log)
+            out["states"] = [(s.absmax, s.offset, s.state2.absmax, s.state2.code) for s in _adapted_quant_states(model)]
+        finally:
+            backend.stop()
+    return out
+
+
+def _block(seg, offset):
+    from pytest_vram.sim.allocator import _block_index
+
+    return _block_index(seg, offset)
+
+
+def _unit_tensor_bytes(model) -> list[int]:
+    """Bytes of each FSDP1 unit's parameters and buffers (train.py's policy on the tiny twin: each
+    LoRA linear, each decoder layer's rest, the root's rest), in the order FSDP1 wraps them."""
+    sizes = {n: t.numel() * t.element_size() for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    lora = [n for n in sizes if "lora_" in n]
+    layers = [sum(v for n, v in sizes.items() if f"layers.{i}." in n and "lora_" not in n) for i in range(2)]
+    root = sum(v for n, v in sizes.items() if "layers." not in n)
+    per_layer = [[sizes[n] for n in lora if f"layers.{i}." in n] + [layers[i]] for i in range(2)]
+    return [b for layer in per_layer for b in layer] + [root]
+
+
+def test_fsdp1s_broadcasts_spelled_out_allocate_what_torchs_broadcast_coalesced_does():
+    """fixtures/fsdp1.py replays ``dist._broadcast_coalesced`` in Python (to record its flat
+    tensors on the collective's stream): on a real CPU rank it allocates and frees what torch's
+    C++ (comm.cpp) does, storage by storage, in the same order."""
+    assert wrap_log(False, recorded=True)["log"] == wrap_log(False, recorded=False)["log"]
+
+
+def test_each_broadcast_block_waits_for_rank_0s_next_blocking_copy():
+    """With the 2024 NCCL process group's recordStream, each unit's broadcast blocks (one bucket
+    here: a unit's tensors, flattened; a LoRA unit's one weight broadcast as itself) are freed but
+    not reusable until rank 0 next waits for the device: its next unit's first host-to-device copy,
+    or the barrier after wrapping. Without the recording nothing waits, and the storages allocated
+    are the same either way."""
+    from pytest_vram.sim.allocator import round_size
+
+    recorded = wrap_log(True, recorded=True, profile="rtx3090")
+    assert recorded["waiting"] == [[round_size(b)] for b in recorded["units"]]
+    plain = wrap_log(True, recorded=False, profile="rtx3090")
+    assert plain["waiting"] == [] and plain["log"] == recorded["log"]
+
+
+def test_rank_0s_adapted_quant_states_leave_the_device_with_peft_and_come_back_with_their_unit():
+    """peft <= 0.11's ``self.to(weight.device)`` moved each adapted 4-bit layer's QuantState
+    (absmax, offset, nested absmax, nested code: bitsandbytes 0.43's ``QuantState.to``) to rank 0's
+    CPU; FSDP1 moves it back with the layer's weight. During wrapping, then, each of those tensors is
+    freed once and allocated once more than without the round trip, and the simulated rank does
+    what a real CPU rank does, storage by storage."""
+    from collections import Counter
+
+    args = {"model_name": "llama-tiny-nf4", "quantization": "nf4-dq-bf16"}
+    real = wrap_log(False, round_trip=True, **args)
+    simulated = wrap_log(True, round_trip=True, **args)
+    assert [d for _, d in simulated["log"]] == [d for _, d in real["log"]]
+    plain = wrap_log(True, **args)
+    sizes = [t.numel() * t.element_size() for state in simulated["states"] for t in state]
+    assert simulated["states"] and all(t.device.type != "meta" for state in simulated["states"] for t in state)
+    more = Counter(d for _, d in simulated["log"])
+    more.subtract(Counter(d for _, d in plain["log"]))
+    assert +more == Counter(sizes) + Counter(-n for n in sizes)

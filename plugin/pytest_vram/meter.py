@@ -110,6 +110,13 @@ class Meter:
             raise PhaseOOM(oom)
         self.phases[name] = self._backend.end_phase(name, oom=False)
 
+    @property
+    def streams(self):
+        """Where the backend models the caching allocator's blocks shared with another stream
+        (the simulator: ``record_stream(tensor)``, ``synchronize()``, pytest_vram/sim/allocator.py),
+        that backend; else None (a real device's allocator does it itself)."""
+        return self._backend if hasattr(self._backend, "record_stream") else None
+
     def empty_cache(self) -> None:
         """``torch.cuda.empty_cache()`` where a training script calls it: the caching allocator's
         unused cached blocks go back to the device (the simulator's allocator model likewise)."""

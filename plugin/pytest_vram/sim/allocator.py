@@ -18,6 +18,14 @@ predict reserved memory and where an allocation would run out of memory.
   statistic); ``allocated`` the blocks handed out (``allocated_bytes``).
 - When a new segment would pass the device limit, the cached free segments are released
   (``empty_cache``) and the allocation retried once; then it is an OOM.
+- A block recorded as used by another stream (``record_stream``: ``recordStream`` adds the
+  stream to the block's ``stream_uses``) is, when freed, no longer allocated but not free either:
+  ``free`` records an event on each of those streams (``insert_events``) and the block returns
+  to its pool only once they have completed (``process_events``, at the start of each
+  ``malloc``). The model has no clock: the host is taken to run ahead of the device until it
+  waits for it, so a recorded block comes back at the next host synchronization
+  (:meth:`CachingAllocatorModel.synchronize`); ``empty_cache`` synchronizes first, as
+  ``release_cached_blocks`` does (``synchronize_and_free_events``).
 
 It runs on every simulated allocation and free, so lookups are binary searches: a segment's
 blocks are found by offset (offsets in a segment are unique and kept sorted) and a pool's free
@@ -78,6 +86,8 @@ class CachingAllocatorModel:
         self._free_segment: dict[int, _Segment] = {}  # address of a free block -> its segment
         self._where: dict[int, tuple[_Segment, int, int]] = {}
         self._next_address = 0
+        self._recorded: set[int] = set()  # live keys used by another stream (record_stream)
+        self._pending: list[tuple[_Segment, int]] = []  # freed, waiting for those streams
 
     def reset_peak(self) -> None:
         self.peak_reserved = self.reserved
@@ -115,6 +125,26 @@ class CachingAllocatorModel:
         seg, offset, block_size, nbytes = located
         self.allocated -= block_size
         self.requested -= nbytes
+        if key in self._recorded:
+            self._recorded.discard(key)
+            self._pending.append((seg, offset))
+            return
+        self._release(seg, offset)
+
+    def record_stream(self, key: int) -> None:
+        """The live block ``key`` is used by another stream: when freed it waits for it."""
+        if key in self._where:
+            self._recorded.add(key)
+
+    def synchronize(self) -> None:
+        """The host waited for the device: every freed block that waited for a stream returns
+        to its pool, in the order freed."""
+        pending, self._pending = self._pending, []
+        for seg, offset in pending:
+            self._release(seg, offset)
+
+    def _release(self, seg: _Segment, offset: int) -> None:
+        """A freed block back in its pool, merged with its free neighbours."""
         index = _block_index(seg, offset)
         seg.blocks[index][2] = True
         # merge with free neighbours
@@ -129,6 +159,7 @@ class CachingAllocatorModel:
         self._list(seg, merged)
 
     def empty_cache(self) -> None:
+        self.synchronize()
         keep = []
         for seg in self.segments:
             if len(seg.blocks) == 1 and seg.blocks[0][2]:

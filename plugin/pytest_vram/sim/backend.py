@@ -176,6 +176,18 @@ class SimBackend:
         if self.allocator is not None:
             self.allocator.free(key)
 
+    def record_stream(self, tensor: torch.Tensor) -> None:
+        """``tensor``'s block is used by another stream (a collective's, as ``recordStream``
+        marks it): freed, it waits for the next host synchronization (:mod:`.allocator`)."""
+        key = self.tracker._key_of.get(id(tensor.untyped_storage()))
+        if self.allocator is not None and key is not None:
+            self.allocator.record_stream(key)
+
+    def synchronize(self) -> None:
+        """The host waits for the device (a blocking copy, a barrier)."""
+        if self.allocator is not None:
+            self.allocator.synchronize()
+
     def _transient(self, statements: list[list[int]]) -> None:
         """Buffers a CUDA kernel allocates and frees within one call (see
         :mod:`.attention_workspaces`): through the allocator model only, no tensor exists. Per
