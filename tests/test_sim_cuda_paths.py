@@ -118,7 +118,8 @@ def test_adamw_step_holds_foreach_temporaries_on_the_gpu(target):
     adam.py _multi_tensor_adam keeps exp_avg_sq_sqrt = _foreach_sqrt(exp_avg_sqs), one copy of
     every parameter; _single_tensor_adam makes denom = (exp_avg_sq.sqrt() / c).add_(eps) per
     parameter: two of one parameter's size at once. Both first create the state: exp_avg and
-    exp_avg_sq per parameter and a 4-byte fp32 step counter."""
+    exp_avg_sq per parameter and a 4-byte fp32 step counter, which on CUDA stays on the host
+    (adam.py ``torch.tensor(0.0, ..., device="cpu")``: sim/optimizers.py host_scalars)."""
     sizes = [256 * 1024, 4096, 64]
     params = [torch.nn.Parameter(torch.empty(n)) for n in sizes]
     for p in params:
@@ -127,7 +128,7 @@ def test_adamw_step_holds_foreach_temporaries_on_the_gpu(target):
     target.tracker.mark()
     before = target.tracker.live_bytes
     optimizer.step()
-    state = sum(2 * 4 * n + 4 for n in sizes)
+    state = sum(2 * 4 * n + (0 if target.gpu_models else 4) for n in sizes)
     temporaries = sum(4 * n for n in sizes) if target.gpu_models else 2 * 4 * max(sizes)
     assert target.tracker.peak_bytes - before == state + temporaries
 
@@ -223,3 +224,32 @@ def test_fp32_layer_norm_is_the_same_on_both(target):
     x = torch.empty(512, 256, requires_grad=True)
     kept, _ = kept_bytes(target, F.layer_norm, x, [256])
     assert kept == 512 * 256 * 4 + 2 * 512 * 4
+
+
+def test_torch_optims_step_counters_stay_on_the_host_of_a_gpu_run():
+    """torch/optim/adam.py: not capturable (nor fused), each ``state["step"]`` is a CPU tensor
+    and ``_multi_tensor_adam`` adds a CPU ``torch.tensor(1.0)`` to them: no CUDA allocation, so
+    nothing in the allocator model, not even when the meter labels the optimizer state. A tensor
+    made from Python data outside the step is device memory as before."""
+    from pytest_vram.sim.allocator import round_size
+
+    backend = SimBackend(V100)
+    backend.start()
+    try:
+        meter = Meter(backend, V100, V100.total_bytes)
+        params = [torch.nn.Parameter(torch.empty(n)) for n in (4096, 64, 8)]
+        for p in params:
+            p.grad = torch.empty_like(p)
+        optimizer = torch.optim.AdamW(params)
+        meter.track(torch.nn.ParameterList(params), optimizer)
+        before = backend.allocator.allocated
+        optimizer.step()
+        optimizer.step()
+        assert len([optimizer.state[p]["step"] for p in params]) == 3
+        assert backend.allocator.allocated - before == sum(2 * round_size(4 * p.numel()) for p in params)
+        assert backend.tracker.host_scalars is False
+        kept = torch.tensor([1.0, 2.0])
+        assert backend.allocator.allocated - before == sum(2 * round_size(4 * p.numel()) for p in params) + 512
+        del kept
+    finally:
+        backend.stop()

@@ -45,6 +45,7 @@ class StorageTracker(TorchDispatchMode):
         self.live_bytes = 0
         self.peak_bytes = 0
         self._key_of: dict[int, int] = {}    # id(storage) -> key, live storages only
+        self._host: dict[int, weakref.ref] = {}  # id(storage) -> ref: storages in host memory, never counted
         self._refs: dict[int, weakref.ref] = {}  # key -> weakref whose callback uncounts it
         self._sizes: dict[int, int] = {}   # key -> nbytes, live storages only
         self._labels: dict[int, str] = {}  # key -> category, kept after death
@@ -158,8 +159,15 @@ class StorageTracker(TorchDispatchMode):
         if category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}; valid choices: {', '.join(CATEGORIES)}")
         for plain in plain_tensors(tensor):
-            if plain.device.type != "meta":
+            if plain.device.type != "meta" and id(plain.untyped_storage()) not in self._host:
                 self._labels[self.see(plain)] = category
+
+    def keep_on_host(self, tensor: torch.Tensor) -> None:
+        """``tensor``'s storage stands for host memory (the simulator: a fake tensor that a GPU
+        run keeps on the CPU): never counted, not when labelled either. One not yet counted."""
+        ident = id(tensor.untyped_storage())
+        if ident not in self._key_of and ident not in self._host:
+            self._host[ident] = weakref.ref(tensor.untyped_storage(), lambda _ref: self._host.pop(ident, None))
 
     def mark(self) -> None:
         """Start a new phase: the peak restarts from what is live now."""

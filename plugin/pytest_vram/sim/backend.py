@@ -54,7 +54,7 @@ from .bitsandbytes import fake_code_map, fake_quantized_params
 from .cuda_composites import cuda_composites
 from .data_pointers import device_addresses
 from .fake_mode import fake_tensors, no_dynamo_guard
-from .optimizers import target_implementations
+from .optimizers import host_scalars, target_implementations
 from .peft import host_module_dropout
 from .transformers import unpacked_sequences
 from .eager_strides import eager_strides
@@ -65,6 +65,7 @@ GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten
          torch.ops.aten.baddbmm.default}
 _GEMM_IDS = frozenset(map(id, GEMMS))
 _CUDA_OUTPUT_IDS = frozenset(map(id, CUDA_OUTPUTS))
+_LIFT_IDS = frozenset(map(id, (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)))
 WORKSPACE_KEY = -1
 
 
@@ -88,6 +89,7 @@ class _SimTracker(StorageTracker):
         super().__init__(on_alloc=backend._alloc, on_free=backend._free)
         self._backend = backend
         self._fake = None  # the fake mode below, set when the backend starts
+        self.host_scalars = False  # inside a torch.optim step: its lifted scalars live on the host
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is PRIM_DEVICE and type(args[0]) is FakeTensor:
@@ -100,6 +102,9 @@ class _SimTracker(StorageTracker):
         if ident in _GEMM_IDS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {}, self._fake.dispatch_as_below, types)
+        if self.host_scalars and ident in _LIFT_IDS:
+            self.keep_on_host(out)  # sim/optimizers.py host_scalars
+            return out
         if ident in _CUDA_OUTPUT_IDS and self._backend.gpu_models:
             out = CUDA_OUTPUTS[func](args, out)
         self.see_outputs(out)
@@ -134,6 +139,8 @@ class SimBackend:
             self._stack.enter_context(cuda_composites())
             self._stack.enter_context(cuda_autocast())
         self._stack.enter_context(target_implementations(gpu=self.gpu_models))
+        if self.gpu_models:
+            self._stack.enter_context(host_scalars(self.tracker))
         self._stack.enter_context(fake_quantized_params())
         self._stack.enter_context(host_module_dropout())
         self._stack.enter_context(unpacked_sequences())

@@ -22,9 +22,18 @@ stands for (both targets: the clipping then takes the path a real CPU run takes)
 GPU target the device list the optimizer reads includes "cpu", the fake tensors' device, as
 it includes "cuda" on the GPU.
 
-Not modelled: the optimizer's ``step`` counters (``torch.tensor(0.0)`` per parameter, host
-memory on CUDA) are fake CPU tensors and count as device memory here (4 bytes each, one
-512-byte block under the allocator model).
+The scalars torch.optim keeps on the host (:func:`host_scalars`, GPU targets): with
+``capturable`` and ``fused`` off, Adam/AdamW (and torch's other optimizers) keep each
+parameter's ``step`` on the CPU ("note(crcrpar): [special device hosting for step]",
+torch/optim/adam.py ``_init_group``: ``torch.tensor(0.0, dtype=_get_scalar_dtype(),
+device="cpu")``) and add to them with ``torch.tensor(1.0, device="cpu")`` (``_multi_tensor_adam``);
+capturable or fused, the step is ``torch.zeros((), device=p.device)``, on the GPU. Under the
+simulator every fake tensor is a CPU tensor standing for the GPU's, so within a torch.optim
+optimizer's ``step()`` a tensor made from Python data (``aten.lift_fresh``: every ``torch.tensor``
+call in torch 2.13's torch/optim step paths passes ``device="cpu"`` or none) is kept out of the
+count: no CUDA allocation is made for it. Outside ``step()`` (``load_state_dict`` moves the steps
+with ``device=p.device``) and for other libraries' optimizers (bitsandbytes keeps ``step`` as a
+Python int) nothing changes.
 """
 from __future__ import annotations
 
@@ -56,3 +65,27 @@ def target_implementations(gpu: bool) -> Iterator[None]:
         for types in type_lists:
             types.remove(FakeTensor)
         optimizer_module._get_foreach_kernels_supported_devices = devices
+
+
+@contextlib.contextmanager
+def host_scalars(tracker) -> Iterator[None]:
+    """While active, the scalars a torch.optim optimizer's ``step()`` makes from Python data stay
+    out of ``tracker``'s count (see the module docstring): torch's global optimizer step hooks
+    (``register_optimizer_step_pre_hook`` / ``_post_hook``, called around every
+    ``Optimizer.step``) switch ``tracker.host_scalars`` on for an optimizer defined in torch.optim
+    and off after it; a step that raised leaves it on until the block ends, when the backend stops."""
+    def before(optimizer, args, kwargs):
+        if type(optimizer).__module__.startswith("torch.optim."):
+            tracker.host_scalars = True
+
+    def after(optimizer, args, kwargs):
+        tracker.host_scalars = False
+
+    handles = [optimizer_module.register_optimizer_step_pre_hook(before),
+               optimizer_module.register_optimizer_step_post_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        tracker.host_scalars = False
