@@ -54,3 +54,37 @@ def test_a_malformed_version_is_one_clear_error():
     with pytest.raises(ValueError, match="malformed torch version 'one.ten'"):
         with autograd_of("one.ten"):
             pass
+
+
+def _gelu_under_fp16_autocast(version):
+    """F.gelu of an fp16 activation under (CPU) fp16 autocast, as torch ``version`` ran it: the
+    result, what GeluBackward saved, and the input's gradient. A real CPU run."""
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)).half().requires_grad_()
+    with autograd_of(version), torch.autocast("cpu", dtype=torch.float16):
+        h = x * 2                                    # an fp16 intermediate, as a linear's output
+        y = F.gelu(h)
+    saved = y.grad_fn._saved_self
+    y.float().sum().backward()
+    return y, saved, x.grad
+
+
+def test_torch_1_9_autocast_runs_gelu_in_fp32_and_keeps_the_fp32_copy():
+    """torch 1.9.1's CUDA autocast lists gelu as fp32 (its autocast_test_lists.py nn_fp32): the
+    fp16 input is cast, the fp32 copy is what GeluBackward keeps (twice the fp16 bytes), the
+    result is fp32; the gradient reaches the fp16 input in fp16."""
+    y, saved, grad = _gelu_under_fp16_autocast("1.9")
+    assert y.dtype == torch.float32 and saved.dtype == torch.float32 and saved.shape == (4, 8)
+    assert grad.dtype == torch.float16
+    today, today_saved, today_grad = _gelu_under_fp16_autocast("1.10")
+    assert today.dtype == torch.float16 and today_saved.dtype == torch.float16
+    torch.testing.assert_close(grad, today_grad, atol=2e-3, rtol=2e-3)
+
+
+def test_gelu_outside_autocast_or_in_fp32_is_left_alone_on_torch_1_9():
+    x = torch.randn(3, dtype=torch.float16, requires_grad=True)
+    with autograd_of("1.9"):
+        assert F.gelu(x * 1).dtype == torch.float16              # no autocast: no policy
+        with torch.autocast("cpu", dtype=torch.float16):
+            w = torch.randn(3, requires_grad=True)
+            y = F.gelu(w * 1)                                    # already fp32: no copy
+    assert y.dtype == torch.float32 and y.grad_fn._saved_self.dtype == torch.float32

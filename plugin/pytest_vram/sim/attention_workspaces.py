@@ -73,6 +73,7 @@ from typing import NamedTuple
 import torch
 
 from .mem_eff_kernels import BACKWARD, FORWARD
+from .softmax_workspaces import softmax_temporaries
 
 aten = torch.ops.aten
 EFFICIENT_FORWARD = aten._scaled_dot_product_efficient_attention.default
@@ -247,7 +248,8 @@ def efficient_forward_temporaries(cc, query, key, value, bias, dropout_p: float)
 
 def kernel_temporaries(func, args, cc: tuple[int, int]) -> list[list[int]]:
     """Bytes of the transient buffers the CUDA kernel behind ``func`` allocates, as statements
-    (see the module docstring; none for other ops)."""
+    (see the module docstring; the softmax kernels' in :mod:`.softmax_workspaces`; none for
+    other ops)."""
     if func is EFFICIENT_FORWARD:
         query, key, value, bias = args[:4]
         dropout_p = args[5] if len(args) > 5 else 0.0
@@ -258,4 +260,4 @@ def kernel_temporaries(func, args, cc: tuple[int, int]) -> list[list[int]]:
     if func is EFFICIENT_BACKWARD:
         grad_out, query, key, value, _, out = args[:6]
         return efficient_temporaries(cc, grad_out, query, key, value, out, args[9])
-    return []
+    return softmax_temporaries(func, args)

@@ -10,12 +10,12 @@ that branch on ``is_cuda()``, :mod:`.cuda_composites`; outputs whose dtype the C
 picks differently, :mod:`.cuda_kernel_outputs`; autocast's op lists,
 :mod:`.autocast_lists`; the optimizer and clipping implementations, :mod:`.optimizers`), the
 attention kernel it would pick (:mod:`.attention`), the caching allocator's rounding,
-segments and reserved memory (:mod:`.allocator`), the attention kernels' transient
-buffers (:mod:`.attention_workspaces`), the CUDA context (the profile's typical size) and the
-cuBLAS workspace (allocated through the caching allocator on the first matrix
-product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90). With the models off it
-simulates a CPU target: the same bytes as a real CPU run. A simulated OOM is raised at the
-first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
+segments and reserved memory (:mod:`.allocator`), the attention and softmax kernels'
+transient buffers (:mod:`.attention_workspaces`, :mod:`.softmax_workspaces`), the CUDA
+context (the profile's typical size) and the cuBLAS workspace (allocated through the caching
+allocator on the first matrix product and kept: 8 MiB + 128 KiB below sm90, 32 MiB on sm90).
+With the models off it simulates a CPU target: the same bytes as a real CPU run. A simulated
+OOM is raised at the first allocation the emulated card could not hold, as a ``torch.OutOfMemoryError``.
 
 Not modelled, for want of a size that the source fixes: cuDNN convolution workspaces and
 allocator fragmentation over many steps (one step is replayed). The workspace does go through
