@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, _BypassDispatchCache, _CacheKeyState
 
-from pytest_vram.sim.fake_mode import SimFakeTensorMode, fake_tensors, new_fake_tensor
+from pytest_vram.sim.fake_construction import new_fake_tensor
+from pytest_vram.sim.fake_mode import SimFakeTensorMode, fake_tensors
 
 aten = torch.ops.aten
 

@@ -55,6 +55,8 @@ from torch._prims_common import suggest_memory_format
 from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, _DispatchCacheKey
 
+from .fake_construction import lift_plain, new_fake_tensor
+
 _STRIDED = torch.strided
 _CONTIGUOUS = torch.contiguous_format
 _OpOverload = torch._ops.OpOverload
@@ -127,51 +129,12 @@ class SimFakeTensorMode(FakeTensorMode):
         (debug logging, the ops it answers itself, the cache off); else that lookup."""
         ident = id(func)
         if ident in _LIFTS and not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
-            lifted = self._lift_plain(func, args[0])
+            lifted = lift_plain(self, func, args[0])
             if lifted is not None:
                 return lifted
         if ident in _ANSWERED_BY_TORCH or not self.cache_enabled or fake_tensor.log.getEffectiveLevel() <= logging.DEBUG:
             return super().dispatch(func, types, args, kwargs or {})
         return self._cached_dispatch_impl(func, types, args, kwargs or {})
-
-    def _lift_plain(self, func, real: torch.Tensor) -> FakeTensor | None:
-        """``torch.tensor(data)``'s lift of its fresh CPU tensor, as torch's ``_dispatch_impl``
-        does it for a plain one (no shape environment; strided, dense, contiguous, not a view,
-        no autograd, conjugate, negative or inference bit, not yet converted): ``func`` run on the
-        real tensor; an output of at most ``CONSTANT_NUMEL_LIMIT`` elements cloned and kept as the
-        fake tensor's ``constant`` (what ``.item()`` reads back), its storage registered with the
-        converter (``add_constant_storage_mapping``: a later write, or an op whose output may alias
-        it and is no constant, drops the value); else the input converted; the converter's tensor
-        memo and MetaConverter's storage memo set for what was converted, as ``from_real_tensor``
-        does. The fake tensor is made as ``MetaConverter`` makes
-        it for such a tensor (``empty_strided`` on meta of the same sizes, strides and dtype, then
-        ``FakeTensor(mode, meta, device)``), without MetaConverter's tensor description, which was
-        ~8% of a QLoRA case (bitsandbytes' ``get_4bit_type`` per weight, AdamW's step counters).
-        None for anything else: torch's path."""
-        if self.shape_env is not None or real.layout is not _STRIDED or real.device.type != "cpu" \
-                or real.requires_grad or real._is_view() or real.storage_offset() != 0 or not real.is_contiguous() \
-                or real.is_quantized or real.is_conj() or real.is_neg() or real.is_inference() \
-                or fake_tensor.FakeTensorConfig.debug:
-            return None
-        converter = self.fake_tensor_converter
-        if converter._get_memo(real) is not None:
-            return None
-        with fake_tensor.no_dispatch():
-            out = func(real)
-            constant = out.clone() if self.may_turn_const(out) else None
-            source = real if constant is None else constant
-            meta = torch.empty_strided(source.shape, source.stride(), dtype=source.dtype, device="meta")
-        fake = new_fake_tensor(self, meta, source.device)
-        fake.constant = constant
-        if constant is not None:  # so that a write to, or a non-constant alias of, it drops the value
-            converter.add_constant_storage_mapping(fake)
-        converter.set_tensor_memo(source, fake)
-        # MetaConverter's storage memo: a later conversion of a view of ``source`` (constant
-        # propagation through a view of the constant) shares this fake tensor's storage
-        meta_converter = converter.meta_converter
-        meta_converter.storage_memo[meta_converter.describer.get_storage_id(source.untyped_storage())] = \
-            fake.untyped_storage()
-        return fake
 
     def _get_output_tensor_from_cache_entry(self, state, entry, key, func, args):
         """torch's, for a plain tensor output without a shape environment (whose cached sizes
@@ -253,48 +216,6 @@ class SimFakeTensorMode(FakeTensorMode):
                 start = len(result)
                 super()._prep_args_for_hash(result, (arg,), state, id_hashed_objects)
                 del result[start:start + 2]  # the 1-tuple's (tuple, "length_1") markers
-
-
-# what FakeTensor.__new__'s ``self.nonzero_memo = None`` ... ``self.nested_int_memo = None`` store:
-# SymNumberMemoDescriptor.__set__(obj, None) sets ``_<name>``, ``_<name>_vc``, ``_<name>_epoch`` to None
-_MEMOS_CLEARED = {f"_{name}{suffix}": None
-                  for name, attr in vars(FakeTensor).items() if isinstance(attr, fake_tensor.SymNumberMemoDescriptor)
-                  for suffix in ("", "_vc", "_epoch")}
-
-
-# an indexed device normalizes to itself (``_normalize_fake_device``), once its accelerator is
-# initialised (``init_gpu_context``, the first time): kept after that first call
-_NORMALIZED: dict[torch.device, torch.device] = {}
-
-
-def new_fake_tensor(mode: FakeTensorMode, elem: torch.Tensor, device: torch.device) -> FakeTensor:
-    """``FakeTensor(mode, elem, device)`` for a meta ``elem`` and a non-meta device, as
-    torch/_subclasses/fake_tensor.py ``FakeTensor.__new__`` makes it: ``Tensor._make_subclass``
-    with the fake device's dispatch keys, the mutable-data-pointer flag, then the same instance
-    attributes (the device normalized, once per indexed device, the memo descriptors' slots None), written into
-    the instance's dict at once instead of through the descriptors (15 ``setattr`` calls per
-    tensor). Anything else (torch's debug traces, a meta device) takes torch's constructor.
-    ``tests/test_speed_fake_mode.py`` compares the two tensors attribute by attribute."""
-    normalized = _NORMALIZED.get(device)
-    if normalized is None:
-        normalized = FakeTensor._normalize_fake_device(device)
-        if device.index is not None:
-            _NORMALIZED[device] = normalized
-    device = normalized
-    if fake_tensor.FakeTensorConfig.debug or device.type == "meta" or elem.device.type != "meta":
-        return FakeTensor(mode, elem, device)
-    t = torch.Tensor._make_subclass(FakeTensor, elem, elem.requires_grad, dispatch_device=True,
-                                    device_for_backend_keys=device)
-    if not mode._allow_unsafe_data_ptr_access:
-        _C._set_throw_on_mutable_data_ptr(t)
-    else:
-        _C._set_warn_deprecated_on_mutable_data_ptr(t)
-    attributes = t.__dict__
-    attributes["_fake_device"] = device
-    attributes["fake_mode"] = mode
-    attributes["constant"] = attributes["pytype"] = attributes["dispatch_keys"] = attributes["real_tensor"] = None
-    attributes.update(_MEMOS_CLEARED)
-    return t
 
 
 def _flatten_plain_fake(result: list, t: FakeTensor) -> None:
