@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fixtures.anchors import get_anchor
-from fixtures.recipes import hf_trainer_2022, make_optimizer
+from fixtures.anchor_optimizers import make_optimizer
+from fixtures.recipes import hf_trainer_2022
 from fixtures.replay import build
 
 FP16 = "bert-large-v100-bs4-fp16"
