@@ -131,6 +131,10 @@ class StorageTracker(TorchDispatchMode):
         """Whether ``storage`` is one this tracker counts (live, seen through an op or a label)."""
         return id(storage) in self._key_of
 
+    def key_of(self, storage: torch.UntypedStorage) -> int | None:
+        """The key ``storage`` is counted under (the allocation hooks' key), or None."""
+        return self._key_of.get(id(storage))
+
     def _died(self, ident: int, key: int, _ref: weakref.ref) -> None:
         del self._key_of[ident]
         del self._refs[key]

@@ -186,7 +186,7 @@ class SimBackend:
     def record_stream(self, tensor: torch.Tensor) -> None:
         """``tensor``'s block is used by another stream (a collective's, as ``recordStream``
         marks it): freed, it waits for the next host synchronization (:mod:`.allocator`)."""
-        key = self.tracker._key_of.get(id(tensor.untyped_storage()))
+        key = self.tracker.key_of(tensor.untyped_storage())
         if self.allocator is not None and key is not None:
             self.allocator.record_stream(key)
 
