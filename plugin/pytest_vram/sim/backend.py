@@ -61,6 +61,7 @@ from .autocast_lists import cuda_autocast
 from .bitsandbytes import fake_code_map, fake_quantized_params
 from .cuda_composites import cuda_composites
 from .data_pointers import device_addresses
+from .fake_construction import LIFT_IDS
 from .fake_mode import fake_tensors, no_dynamo_guard
 from .optimizers import host_scalars, target_implementations
 from .peft import host_module_dropout
@@ -73,7 +74,6 @@ GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten
          torch.ops.aten.baddbmm.default}
 _GEMM_IDS = frozenset(map(id, GEMMS))
 _CUDA_OUTPUT_IDS = frozenset(map(id, CUDA_OUTPUTS))
-_LIFT_IDS = frozenset(map(id, (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)))
 WORKSPACE_KEY = -1
 
 
@@ -110,7 +110,7 @@ class _SimTracker(StorageTracker):
         if ident in _GEMM_IDS:
             self._backend._first_gemm()
         out = call_with_host_values(func, args, kwargs or {}, self._fake.dispatch_as_below, types)
-        if self.host_scalars and ident in _LIFT_IDS:
+        if self.host_scalars and ident in LIFT_IDS:
             self.keep_on_host(out)  # sim/optimizers.py host_scalars
             return out
         if ident in _CUDA_OUTPUT_IDS and self._backend.gpu_models:

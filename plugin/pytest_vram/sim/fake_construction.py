@@ -17,6 +17,8 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 _STRIDED = torch.strided
 _C = torch._C
+# torch's lift ops (``FakeTensorMode.lift_fns``: what ``torch.tensor(data)`` dispatches), by id
+LIFT_IDS = frozenset(map(id, FakeTensorMode.lift_fns))
 
 
 def lift_plain(mode: FakeTensorMode, func, real: torch.Tensor) -> FakeTensor | None:

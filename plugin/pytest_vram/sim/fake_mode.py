@@ -55,7 +55,7 @@ from torch._prims_common import suggest_memory_format
 from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, _DispatchCacheKey
 
-from .fake_construction import lift_plain, new_fake_tensor
+from .fake_construction import LIFT_IDS, lift_plain, new_fake_tensor
 
 _STRIDED = torch.strided
 _CONTIGUOUS = torch.contiguous_format
@@ -95,7 +95,6 @@ def no_dynamo_guard(cls) -> bool:
 
 
 _UNSAFE_VIEW = torch.ops.aten._unsafe_view.default
-_LIFTS = frozenset(map(id, FakeTensorMode.lift_fns))
 _FAKE_KEY = _C._TorchDispatchModeKey.FAKE
 _VIEW = torch.ops.aten.view.default
 
@@ -128,7 +127,7 @@ class SimFakeTensorMode(FakeTensorMode):
         """torch's ``FakeTensorMode.dispatch`` when it would do more than look up the cache
         (debug logging, the ops it answers itself, the cache off); else that lookup."""
         ident = id(func)
-        if ident in _LIFTS and not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
+        if ident in LIFT_IDS and not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
             lifted = lift_plain(self, func, args[0])
             if lifted is not None:
                 return lifted
